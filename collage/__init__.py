@@ -1,0 +1,1 @@
+"""Turn every photo of one product SKU into one horizontal JPEG collage."""

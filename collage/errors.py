@@ -1,0 +1,55 @@
+"""Errors that decide what happens to a job next: retry it later, or mark the SKU broken."""
+
+from __future__ import annotations
+
+
+class CollageError(Exception):
+    """A collage could not be built."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or type(self).__name__).strip())
+
+    @property
+    def message(self) -> str:
+        """The one line an operator reads in `error_message`."""
+        return str(self.args[0])
+
+
+class Transient(CollageError):
+    """A service did not answer in time; the job is retried with backoff."""
+
+
+class Permanent(CollageError):
+    """This SKU cannot be built as it is; it is marked 'error' until someone fixes it."""
+
+
+class NoPhotos(Permanent):
+    """The SKU has no photos."""
+
+
+class BadImageUrls(Permanent):
+    """image_urls is not a list of URLs."""
+
+
+class ForeignUrl(Permanent):
+    """A photo URL points outside the configured bucket."""
+
+
+class UnsafeKey(Permanent):
+    """brand or external_id cannot be used in an object key."""
+
+
+class OriginalMissing(Permanent):
+    """An original photo is not in the bucket."""
+
+
+class PhotoUnreadable(Permanent):
+    """A photo cannot be decoded."""
+
+
+class TooLarge(Permanent):
+    """The photos or the collage exceed a size limit."""
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the program cannot start."""
