@@ -1,0 +1,147 @@
+"""Bring a database to the current schema: Procrastinate's first, then ours, each file once.
+
+Procrastinate ships no version table, so this runner records what it applied in
+`collage_migrations`, next to the project's own files. Everything runs under one
+session-level advisory lock, so two deploys migrating at once take turns.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from importlib import metadata, resources
+from pathlib import Path
+
+import psycopg
+
+logger = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+PROCRASTINATE_PREFIX = "procrastinate/"
+# Any constant works as long as nothing else in the database uses it for another purpose.
+ADVISORY_LOCK_KEY = 7_324_019_551
+
+_CREATE_LEDGER = """
+CREATE TABLE IF NOT EXISTS collage_migrations (
+    name text PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One SQL file, named as it is recorded in the ledger."""
+
+    name: str
+    path: Path
+
+    def sql(self) -> str:
+        return self.path.read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class Status:
+    """What the ledger says against what the code ships."""
+
+    applied: list[str]
+    pending: list[str]
+
+
+def procrastinate_migrations() -> list[Migration]:
+    """List the migration files shipped with the installed Procrastinate, oldest first."""
+    folder = Path(str(resources.files("procrastinate.sql") / "migrations"))
+    return [
+        Migration(PROCRASTINATE_PREFIX + path.name, path) for path in sorted(folder.glob("*.sql"))
+    ]
+
+
+def project_migrations(folder: Path = MIGRATIONS_DIR) -> list[Migration]:
+    """List this project's migration files, in the order their numbers give."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"migrations folder not found: {folder}")
+    return [Migration(path.name, path) for path in sorted(folder.glob("*.sql"))]
+
+
+def status(dsn: str, *, folder: Path = MIGRATIONS_DIR) -> Status:
+    """Compare the ledger with the shipped files without changing anything."""
+    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn:
+        applied = _applied(conn)
+        has_procrastinate = _has_procrastinate(conn)
+    pending = [m.name for m in _pending(applied, has_procrastinate, folder)]
+    if not has_procrastinate:
+        pending.insert(0, _schema_name())
+    return Status(applied=sorted(applied), pending=pending)
+
+
+def apply(dsn: str, *, folder: Path = MIGRATIONS_DIR) -> list[str]:
+    """Apply whatever is pending and return the names applied (empty when up to date)."""
+    done: list[str] = []
+    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", [ADVISORY_LOCK_KEY])
+        try:
+            conn.execute(_CREATE_LEDGER)
+            applied = _applied(conn)
+            if not _has_procrastinate(conn):
+                _install_procrastinate(conn)
+                done.append(_schema_name())
+                applied = _applied(conn)
+            elif not any(name.startswith(PROCRASTINATE_PREFIX) for name in applied):
+                logger.warning(
+                    "procrastinate schema found but not recorded; assuming it is current",
+                    extra={"action": "migrate", "version": _procrastinate_version()},
+                )
+                _record(conn, [m.name for m in procrastinate_migrations()])
+                applied = _applied(conn)
+            for migration in _pending(applied, True, folder):
+                with conn.transaction():
+                    conn.execute(migration.sql())
+                    _record(conn, [migration.name])
+                logger.info("migration applied", extra={"migration": migration.name})
+                done.append(migration.name)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", [ADVISORY_LOCK_KEY])
+    return done
+
+
+def _pending(applied: set[str], has_procrastinate: bool, folder: Path) -> list[Migration]:
+    theirs = procrastinate_migrations() if has_procrastinate else []
+    return [m for m in [*theirs, *project_migrations(folder)] if m.name not in applied]
+
+
+def _install_procrastinate(conn: psycopg.Connection) -> None:
+    """Create Procrastinate's schema from scratch; its migration files are then all applied."""
+    schema = (resources.files("procrastinate.sql") / "schema.sql").read_text(encoding="utf-8")
+    with conn.transaction():
+        # No parameters: psycopg sends the text verbatim (its "%" included) as a simple query.
+        conn.execute(schema)
+        _record(conn, [_schema_name(), *(m.name for m in procrastinate_migrations())])
+    logger.info("procrastinate schema installed", extra={"version": _procrastinate_version()})
+
+
+def _record(conn: psycopg.Connection, names: list[str]) -> None:
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO collage_migrations (name) VALUES (%s) ON CONFLICT DO NOTHING",
+            [(name,) for name in names],
+        )
+
+
+def _applied(conn: psycopg.Connection) -> set[str]:
+    exists = conn.execute("SELECT to_regclass('collage_migrations') IS NOT NULL").fetchone()
+    if not exists or not exists[0]:
+        return set()
+    return {row[0] for row in conn.execute("SELECT name FROM collage_migrations")}
+
+
+def _has_procrastinate(conn: psycopg.Connection) -> bool:
+    row = conn.execute("SELECT to_regclass('procrastinate_jobs') IS NOT NULL").fetchone()
+    return bool(row and row[0])
+
+
+def _procrastinate_version() -> str:
+    return metadata.version("procrastinate")
+
+
+def _schema_name() -> str:
+    return f"{PROCRASTINATE_PREFIX}schema-{_procrastinate_version()}"

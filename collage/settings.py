@@ -1,0 +1,131 @@
+"""One settings object, read from the environment once and checked before anything starts."""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from collage.errors import ConfigError
+
+T = TypeVar("T")
+
+DEFAULT_BUCKET = "unde-images"
+DEFAULT_REGION = "us-east-1"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything the worker and the CLI need to know about their surroundings."""
+
+    db_url: str = field(repr=False)
+    db_session_url: str = field(repr=False)
+    s3_endpoint: str
+    s3_access_key: str = field(repr=False)
+    s3_secret_key: str = field(repr=False)
+    s3_bucket: str = DEFAULT_BUCKET
+    s3_region: str = DEFAULT_REGION
+    s3_public_url: str = ""
+    batch_size: int = 100
+    collage_quality: int = 95
+    worker_concurrency: int = 2
+    temp_dir: Path = field(default_factory=lambda: _default_temp_dir())
+    metrics_port: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.s3_public_url:
+            host = urlsplit(self.s3_endpoint).netloc
+            object.__setattr__(self, "s3_public_url", f"https://{self.s3_bucket}.{host}")
+        object.__setattr__(self, "s3_public_url", self.s3_public_url.rstrip("/"))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Build settings from environment variables; raise ConfigError naming the bad one."""
+        db_url = _required(env, "STAGING_DB_URL", _dsn)
+        return cls(
+            db_url=db_url,
+            db_session_url=_optional(env, "STAGING_DB_SESSION_URL", _dsn, db_url),
+            s3_endpoint=_required(env, "S3_ENDPOINT", _http_url),
+            s3_access_key=_required(env, "S3_ACCESS_KEY", str),
+            s3_secret_key=_required(env, "S3_SECRET_KEY", str),
+            s3_bucket=_optional(env, "S3_BUCKET", _bucket, DEFAULT_BUCKET),
+            s3_region=_optional(env, "S3_REGION", str, DEFAULT_REGION),
+            s3_public_url=_optional(env, "S3_PUBLIC_URL", _http_url, ""),
+            batch_size=_optional(env, "BATCH_SIZE", _int_between(1, 10_000), 100),
+            collage_quality=_optional(env, "COLLAGE_QUALITY", _int_between(1, 100), 95),
+            worker_concurrency=_optional(env, "WORKER_CONCURRENCY", _int_between(1, 64), 2),
+            temp_dir=_optional(env, "TEMP_DIR", Path, _default_temp_dir()),
+            metrics_port=_optional(env, "METRICS_PORT", _int_between(1, 65535), None),
+        )
+
+    def replace(self, **changes: object) -> Settings:
+        """Return a copy with some fields changed (tests and the demo use it)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def redact(dsn: str) -> str:
+    """Hide the password in a connection URL so it can be logged."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _default_temp_dir() -> Path:
+    return Path(tempfile.gettempdir()) / "collage"
+
+
+def _required(env: Mapping[str, str], name: str, parse: Callable[[str], T]) -> T:
+    raw = env.get(name, "").strip()
+    if not raw:
+        raise ConfigError(f"{name} is not set")
+    return _parse(name, raw, parse)
+
+
+def _optional(env: Mapping[str, str], name: str, parse: Callable[[str], T], default: T) -> T:
+    raw = env.get(name, "").strip()
+    return _parse(name, raw, parse) if raw else default
+
+
+def _parse(name: str, raw: str, parse: Callable[[str], T]) -> T:
+    try:
+        return parse(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} is invalid: {exc}") from None
+
+
+def _dsn(raw: str) -> str:
+    if urlsplit(raw).scheme not in {"postgres", "postgresql"}:
+        raise ValueError("expected a postgresql://user@host:port/dbname URL")
+    return raw
+
+
+def _http_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ValueError(f"expected an http(s)://host URL, got {raw!r}")
+    return raw
+
+
+def _bucket(raw: str) -> str:
+    if not (3 <= len(raw) <= 63) or not all(c.isalnum() or c in "-." for c in raw):
+        raise ValueError(f"{raw!r} is not a valid bucket name")
+    return raw
+
+
+def _int_between(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"expected a whole number, got {raw!r}") from None
+        if not low <= value <= high:
+            raise ValueError(f"{value} is outside {low}..{high}")
+        return value
+
+    return parse

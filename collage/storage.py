@@ -1,0 +1,164 @@
+"""S3: which object a row's URL may name, and getting and putting objects with bounded waits."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from collage.errors import (
+    BadImageUrls,
+    ForeignUrl,
+    OriginalMissing,
+    Permanent,
+    TooLarge,
+    Transient,
+    UnsafeKey,
+)
+
+if TYPE_CHECKING:
+    from collage.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+COLLAGE_PREFIX = "collages"
+# A product photo is a few MB; anything far beyond is not a photo we should hold in memory.
+MAX_OBJECT_BYTES = 80 * 1024 * 1024
+_MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+_UNSAFE_CHARS = set("\\") | {chr(c) for c in range(32)} | {chr(127)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Bucket:
+    """Where originals are read and collages written, and how outsiders address it."""
+
+    client: Any
+    name: str
+    endpoint: str
+    public_url: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Bucket:
+        """Build a client that fails fast: short connect timeout, bounded reads, few retries."""
+        client = boto3.client(
+            "s3",
+            endpoint_url=settings.s3_endpoint,
+            aws_access_key_id=settings.s3_access_key,
+            aws_secret_access_key=settings.s3_secret_key,
+            region_name=settings.s3_region,
+            config=Config(
+                s3={"addressing_style": "path"},
+                connect_timeout=5,
+                read_timeout=30,
+                retries={"mode": "standard", "max_attempts": 3},
+                max_pool_connections=32,
+            ),
+        )
+        return cls(
+            client=client,
+            name=settings.s3_bucket,
+            endpoint=settings.s3_endpoint,
+            public_url=settings.s3_public_url,
+        )
+
+    def key_for(self, url: object) -> str:
+        """Map a photo URL from a row to a key in this bucket; refuse anything else."""
+        return key_for_url(
+            url, bucket=self.name, endpoint=self.endpoint, public_url=self.public_url
+        )
+
+    def get(self, key: str, *, max_bytes: int = MAX_OBJECT_BYTES) -> bytes:
+        """Download one object, refusing oversized ones before reading their body."""
+        try:
+            response = self.client.get_object(Bucket=self.name, Key=key)
+            size = int(response.get("ContentLength") or 0)
+            if size > max_bytes:
+                response["Body"].close()
+                raise TooLarge(f"{key} is {size:,} bytes; the limit is {max_bytes:,}")
+            return bytes(response["Body"].read())
+        except ClientError as exc:
+            if _error_code(exc) in _MISSING_CODES:
+                raise OriginalMissing(f"original not found in bucket {self.name}: {key}") from exc
+            raise _transient_or_permanent(exc, f"get {key}") from exc
+        except BotoCoreError as exc:
+            raise Transient(f"S3 unavailable while getting {key}: {exc}") from exc
+
+    def put_jpeg(self, key: str, data: bytes) -> None:
+        """Upload a collage with the content type browsers and CDNs need."""
+        try:
+            self.client.put_object(Bucket=self.name, Key=key, Body=data, ContentType="image/jpeg")
+        except ClientError as exc:
+            raise _transient_or_permanent(exc, f"put {key}") from exc
+        except BotoCoreError as exc:
+            raise Transient(f"S3 unavailable while putting {key}: {exc}") from exc
+
+    def public_url_for(self, key: str) -> str:
+        """The URL written to collage_url."""
+        return f"{self.public_url}/{key}"
+
+    def ping(self) -> None:
+        """Raise unless the bucket answers (for `collage health`)."""
+        self.client.head_bucket(Bucket=self.name)
+
+
+def key_for_url(url: object, *, bucket: str, endpoint: str, public_url: str) -> str:
+    """Map a URL to a key in `bucket`: s3://, virtual-hosted, path-style or public-URL forms."""
+    if not isinstance(url, str) or not url.strip():
+        raise BadImageUrls(f"image_urls holds {url!r}, not a URL")
+    parts = urlsplit(url.strip())
+    endpoint_parts = urlsplit(endpoint)
+    public_parts = urlsplit(public_url)
+    host = (parts.netloc or "").lower()
+    path = parts.path
+    if parts.scheme == "s3":
+        if host != bucket.lower():
+            raise ForeignUrl(f"{url} is in bucket {parts.netloc!r}, not {bucket!r}")
+        return _checked_key(path, url)
+    if parts.scheme not in {"http", "https"} or parts.username or parts.password:
+        raise ForeignUrl(f"{url} is not an s3:// or http(s):// URL of bucket {bucket!r}")
+    public_prefix = public_parts.path.rstrip("/") + "/"
+    if host == public_parts.netloc.lower() and path.startswith(public_prefix):
+        return _checked_key(path[len(public_prefix) :], url)
+    if host == f"{bucket}.{endpoint_parts.netloc}".lower():
+        return _checked_key(path, url)
+    if host == endpoint_parts.netloc.lower():
+        bucket_prefix = f"/{bucket}/"
+        if path.startswith(bucket_prefix):
+            return _checked_key(path[len(bucket_prefix) :], url)
+        raise ForeignUrl(f"{url} is not in bucket {bucket!r}")
+    raise ForeignUrl(f"{url} is not on {endpoint_parts.netloc} or {public_parts.netloc}")
+
+
+def _checked_key(path: str, url: str) -> str:
+    key = unquote(path.lstrip("/"))
+    segments = key.split("/")
+    if not key or any(s in {"", ".", ".."} for s in segments) or _UNSAFE_CHARS & set(key):
+        raise ForeignUrl(f"{url!r} does not name a plain object key")
+    return key
+
+
+def collage_key(brand: object, external_id: object) -> str:
+    """Build collages/{brand}/{external_id}.jpg, refusing values that would escape that place."""
+    for field, value in (("brand", brand), ("external_id", external_id)):
+        if not isinstance(value, str) or not value.strip():
+            raise UnsafeKey(f"{field} is empty; cannot name the collage")
+        if "/" in value or value in {".", ".."} or _UNSAFE_CHARS & set(value):
+            raise UnsafeKey(f"{field} {value!r} cannot be used in an object key")
+    return f"{COLLAGE_PREFIX}/{brand}/{external_id}.jpg"
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _transient_or_permanent(exc: ClientError, what: str) -> Exception:
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    code = _error_code(exc)
+    if status >= 500 or status == 429 or code in {"SlowDown", "RequestTimeout", "Throttling"}:
+        return Transient(f"S3 answered {status} {code} to {what}")
+    return Permanent(f"S3 refused {what}: {status} {code}")

@@ -1,0 +1,154 @@
+"""Fixtures for the real services every test stands on: PostgreSQL, PgBouncer and S3."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+
+from collage import migrate, sandbox
+from collage.settings import Settings
+
+DEFAULT_TEST_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+S3_KEY = "testing"  # moto accepts any credentials
+
+
+def missing_service(what: str) -> None:
+    """Skip on a laptop; fail in CI, where a missing service is a broken set-up."""
+    message = f"{what} is not available"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message} (CI must provide it; see bin/test)", pytrace=False)
+    pytest.skip(message)
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        return bool(docker.from_env(timeout=3).ping())
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def admin_dsn() -> Iterator[str]:
+    """A superuser DSN: TEST_DATABASE_URL, else the local server, else a testcontainer."""
+    dsn = os.environ.get("TEST_DATABASE_URL", DEFAULT_TEST_DSN)
+    if sandbox.can_connect(dsn):
+        yield dsn
+        return
+    if _docker_answers():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:15", driver=None) as container:
+            yield container.get_connection_url()
+        return
+    missing_service(f"PostgreSQL at {dsn} (set TEST_DATABASE_URL, or run Docker)")
+
+
+@pytest.fixture(scope="session")
+def template_db(admin_dsn: str) -> Iterator[str]:
+    """Name of a database migrated once per run, cloned by every test that commits."""
+    dsn = sandbox.create_database(admin_dsn, prefix="collage_template")
+    migrate.apply(dsn)
+    yield str(conninfo_to_dict(dsn)["dbname"])
+    sandbox.drop_database(admin_dsn, dsn)
+
+
+@pytest.fixture
+def db_dsn(admin_dsn: str, template_db: str) -> Iterator[str]:
+    """A fresh, migrated database of the test's own, dropped afterwards."""
+    dsn = sandbox.create_database(admin_dsn, template=template_db, prefix="collage_test")
+    yield dsn
+    sandbox.drop_database(admin_dsn, dsn)
+
+
+@pytest.fixture
+def empty_db(admin_dsn: str) -> Iterator[str]:
+    """A database with nothing in it, for migration tests."""
+    dsn = sandbox.create_database(admin_dsn, prefix="collage_empty")
+    yield dsn
+    sandbox.drop_database(admin_dsn, dsn)
+
+
+@pytest.fixture
+def db(db_dsn: str) -> Iterator[psycopg.Connection]:
+    """An autocommit connection to the test's database."""
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        yield conn
+
+
+def _bouncer(admin_dsn: str, mode: sandbox.PoolMode) -> Iterator[sandbox.PgBouncer]:
+    if sandbox.pgbouncer_binary() is None:
+        missing_service("pgbouncer (apt-get install pgbouncer)")
+    bouncer = sandbox.start_pgbouncer(admin_dsn, mode=mode)
+    yield bouncer
+    bouncer.stop()
+
+
+@pytest.fixture(scope="session")
+def session_bouncer(admin_dsn: str) -> Iterator[sandbox.PgBouncer]:
+    """PgBouncer in session mode: what Procrastinate's LISTEN connection goes through."""
+    yield from _bouncer(admin_dsn, "session")
+
+
+@pytest.fixture(scope="session")
+def transaction_bouncer(admin_dsn: str) -> Iterator[sandbox.PgBouncer]:
+    """PgBouncer in transaction mode: what the app's queries go through in production."""
+    yield from _bouncer(admin_dsn, "transaction")
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """An S3-compatible server on loopback for the whole run."""
+    try:
+        with sandbox.s3_server() as server:
+            yield server.endpoint
+    except ImportError:
+        missing_service("moto's S3 server (pip install 'moto[server]')")
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str) -> str:
+    """A new, empty bucket for one test."""
+    name = f"test-{uuid.uuid4().hex[:16]}"
+    s3_client(s3_endpoint).create_bucket(Bucket=name)
+    return name
+
+
+def s3_client(endpoint: str):
+    """A boto3 client reaching the test server the way production reaches its S3."""
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=S3_KEY,
+        aws_secret_access_key=S3_KEY,
+        region_name="us-east-1",
+    )
+
+
+@pytest.fixture
+def s3(s3_endpoint: str):
+    """A boto3 client on the test S3 server."""
+    return s3_client(s3_endpoint)
+
+
+@pytest.fixture
+def settings(db_dsn: str, s3_endpoint: str, s3_bucket: str, tmp_path: Path) -> Settings:
+    """Settings pointing at the test's own database, bucket and scratch folder."""
+    return Settings(
+        db_url=db_dsn,
+        db_session_url=db_dsn,
+        s3_endpoint=s3_endpoint,
+        s3_access_key=S3_KEY,
+        s3_secret_key=S3_KEY,
+        s3_bucket=s3_bucket,
+        s3_public_url=f"{s3_endpoint}/{s3_bucket}",
+        temp_dir=tmp_path / "scratch",
+    )

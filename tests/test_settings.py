@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from collage.errors import ConfigError
+from collage.settings import Settings, redact
+
+BASE = {
+    "STAGING_DB_URL": "postgresql://app:s3cret@db:6432/staging",
+    "S3_ENDPOINT": "https://fsn1.your-objectstorage.com",
+    "S3_ACCESS_KEY": "AKIAEXAMPLE",
+    "S3_SECRET_KEY": "very-secret",
+}
+
+
+def test_defaults_follow_the_documented_table() -> None:
+    settings = Settings.from_env(BASE)
+    assert settings.db_session_url == BASE["STAGING_DB_URL"]
+    assert settings.s3_bucket == "unde-images"
+    assert settings.s3_public_url == "https://unde-images.fsn1.your-objectstorage.com"
+    assert (settings.batch_size, settings.collage_quality, settings.worker_concurrency) == (
+        100,
+        95,
+        2,
+    )
+    assert settings.metrics_port is None
+    assert isinstance(settings.temp_dir, Path)
+
+
+def test_every_variable_is_read() -> None:
+    env = {
+        **BASE,
+        "STAGING_DB_SESSION_URL": "postgresql://app@db:6433/staging",
+        "S3_BUCKET": "other-bucket",
+        "S3_REGION": "fsn1",
+        "S3_PUBLIC_URL": "https://cdn.example.com/",
+        "BATCH_SIZE": "7",
+        "COLLAGE_QUALITY": "90",
+        "WORKER_CONCURRENCY": "4",
+        "TEMP_DIR": "/var/tmp/c",
+        "METRICS_PORT": "9100",
+    }
+    settings = Settings.from_env(env)
+    assert settings.db_session_url.endswith(":6433/staging")
+    assert settings.s3_public_url == "https://cdn.example.com"
+    assert (settings.s3_bucket, settings.s3_region) == ("other-bucket", "fsn1")
+    assert (settings.batch_size, settings.collage_quality, settings.worker_concurrency) == (
+        7,
+        90,
+        4,
+    )
+    assert settings.temp_dir == Path("/var/tmp/c")
+    assert settings.metrics_port == 9100
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("STAGING_DB_URL", "", "STAGING_DB_URL is not set"),
+        ("STAGING_DB_URL", "mysql://x/y", "STAGING_DB_URL is invalid"),
+        ("S3_ENDPOINT", "fsn1.example.com", "S3_ENDPOINT is invalid"),
+        ("S3_SECRET_KEY", "  ", "S3_SECRET_KEY is not set"),
+        ("COLLAGE_QUALITY", "101", "COLLAGE_QUALITY is invalid: 101 is outside 1..100"),
+        ("COLLAGE_QUALITY", "high", "COLLAGE_QUALITY is invalid: expected a whole number"),
+        ("BATCH_SIZE", "0", "BATCH_SIZE is invalid"),
+        ("WORKER_CONCURRENCY", "-1", "WORKER_CONCURRENCY is invalid"),
+        ("S3_BUCKET", "a/b", "S3_BUCKET is invalid"),
+        ("METRICS_PORT", "70000", "METRICS_PORT is invalid"),
+    ],
+)
+def test_a_bad_value_names_the_variable(name: str, value: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({**BASE, name: value})
+    assert str(info.value).startswith(expected)
+    assert "\n" not in str(info.value)
+
+
+def test_secrets_stay_out_of_the_repr() -> None:
+    text = repr(Settings.from_env(BASE))
+    assert "very-secret" not in text
+    assert "s3cret" not in text
+    assert "AKIAEXAMPLE" not in text
+    assert "fsn1.your-objectstorage.com" in text
+
+
+def test_redact_hides_only_the_password() -> None:
+    assert redact("postgresql://app:s3cret@db:6432/x") == "postgresql://app:***@db:6432/x"
+    assert redact("postgresql://app@db/x") == "postgresql://app@db/x"
