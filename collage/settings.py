@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -65,6 +67,12 @@ class Settings:
     def replace(self, **changes: object) -> Settings:
         """Return a copy with some fields changed (tests and the demo use it)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+@functools.cache
+def from_environment() -> Settings:
+    """Read the process environment once (for `procrastinate --app=collage.app.app`)."""
+    return Settings.from_env(os.environ)
 
 
 def redact(dsn: str) -> str:

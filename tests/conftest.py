@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import psycopg
@@ -152,3 +155,59 @@ def settings(db_dsn: str, s3_endpoint: str, s3_bucket: str, tmp_path: Path) -> S
         s3_public_url=f"{s3_endpoint}/{s3_bucket}",
         temp_dir=tmp_path / "scratch",
     )
+
+
+class WorkerThread:
+    """`collage worker`'s supervisor running in a thread, stopped like SIGTERM would."""
+
+    def __init__(self, settings: Settings, **options: Any) -> None:
+        self.settings = settings
+        self.options = options
+        self.exit_code: int | None = None
+        self._loop = asyncio.new_event_loop()
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="collage-worker", daemon=True)
+
+    def _run(self) -> None:
+        from collage.worker import supervise
+
+        async def main() -> int:
+            self._stop = asyncio.Event()
+            return await supervise(self.settings, stop=self._stop, **self.options)
+
+        try:
+            self.exit_code = self._loop.run_until_complete(main())
+        finally:
+            self._loop.close()
+
+    def start(self) -> WorkerThread:
+        self._thread.start()
+        with psycopg.connect(self.settings.db_url, autocommit=True) as conn:
+            sandbox.wait_until(
+                lambda: conn.execute("SELECT count(*) FROM procrastinate_workers").fetchone()[0],
+                timeout=20,
+                what="the worker to register",
+            )
+        return self
+
+    def stop(self, timeout: float = 90) -> int | None:
+        if self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the worker did not stop"
+        return self.exit_code
+
+
+@pytest.fixture
+def start_worker() -> Iterator[Callable[..., WorkerThread]]:
+    """Start a real worker for the test; every one started is stopped afterwards."""
+    started: list[WorkerThread] = []
+
+    def start(settings: Settings, **options: Any) -> WorkerThread:
+        worker = WorkerThread(settings, **options).start()
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()

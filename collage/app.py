@@ -1,0 +1,96 @@
+"""The Procrastinate app: queries through the transaction pool, LISTEN through the session pool.
+
+Nothing connects or reads the environment at import: `app` (for `procrastinate --app=...`)
+resolves its settings on its first connection; `collage worker` builds its own with `make_app`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, Callable
+from typing import Any
+
+import procrastinate
+import psycopg
+
+from collage.settings import Settings, from_environment
+
+logger = logging.getLogger(__name__)
+
+QUEUE = "collage"
+# A job held back by its SKU's lock starts at the next poll, not on a notification.
+POLLING_INTERVAL_S = 1.0
+LISTEN_RECONNECT_MAX_S = 5.0
+
+
+class SplitConnector(procrastinate.PsycopgConnector):
+    """A PsycopgConnector whose LISTEN connection uses its own (session-mode) URL.
+
+    Procrastinate opens LISTEN from its pool's settings, which in production point at a
+    transaction-mode PgBouncer where notifications never arrive. This overrides that one
+    private hook (tested in tests/test_app.py against a real PgBouncer) and keeps retrying the
+    connection through an outage, so LISTEN comes back instead of dying silently.
+    """
+
+    def __init__(self, *, listen_conninfo: Callable[[], str], **pool_kwargs: Any) -> None:
+        super().__init__(**pool_kwargs)
+        self._listen_conninfo = listen_conninfo
+
+    @contextlib.asynccontextmanager
+    async def _get_standalone_connection(self) -> AsyncGenerator[psycopg.AsyncConnection]:
+        delay = 0.1
+        while True:
+            try:
+                connection = await psycopg.AsyncConnection.connect(
+                    self._listen_conninfo(), autocommit=True, connect_timeout=5
+                )
+                break
+            except psycopg.OperationalError as exc:
+                logger.warning(
+                    "listen connection failed; retrying",
+                    extra={"action": "listen", "error": str(exc).strip(), "retry_in_s": delay},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, LISTEN_RECONNECT_MAX_S)
+        async with connection:
+            logger.info("listening for new jobs", extra={"action": "listen"})
+            yield connection
+
+
+def make_connector(settings_source: Callable[[], Settings], *, pool_max: int = 8) -> SplitConnector:
+    """Build the connector; `settings_source` is called when the first connection is made."""
+
+    async def conninfo() -> str:
+        return settings_source().db_url
+
+    return SplitConnector(
+        listen_conninfo=lambda: settings_source().db_session_url,
+        conninfo=conninfo,
+        # PgBouncer in transaction mode cannot keep prepared statements between transactions.
+        kwargs={"prepare_threshold": None},
+        min_size=1,
+        max_size=pool_max,
+        # Drop a connection that PgBouncer or PostgreSQL has closed instead of failing a job on it.
+        reconnect_timeout=60,
+    )
+
+
+def bind(settings: Settings) -> contextlib.AbstractContextManager[procrastinate.App]:
+    """Point `app` at `settings` for the duration of a block (`collage worker`, tests, demo)."""
+    return app.replace_connector(
+        make_connector(lambda: settings, pool_max=settings.worker_concurrency + 4)
+    )
+
+
+# For `procrastinate --app=collage.app.app ...` too; nothing connects until it is opened.
+app = procrastinate.App(
+    connector=make_connector(from_environment),
+    import_paths=["collage.tasks"],
+    worker_defaults={
+        "queues": [QUEUE],
+        "fetch_job_polling_interval": POLLING_INTERVAL_S,
+        "shutdown_graceful_timeout": 60,
+    },
+)

@@ -1,0 +1,308 @@
+"""The jobs: build one SKU's collage, and the periodic sweep, retry, rescue and clean-up."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from procrastinate import JobContext
+from procrastinate.jobs import Status
+from psycopg import AsyncConnection
+
+from collage import imaging, metrics, products
+from collage.app import QUEUE, app
+from collage.errors import BadImageUrls, CollageError, NoPhotos, Permanent
+from collage.settings import Settings, from_environment
+from collage.storage import Bucket, collage_key
+
+logger = logging.getLogger(__name__)
+
+# Transient failures: retried 5 times, 15 s to 4 min apart, before the SKU is marked 'error'.
+MAX_ATTEMPTS = 6
+BACKOFF_BASE_S = 15.0
+BACKOFF_MAX_S = 240.0
+MAX_PHOTOS = 40  # 40 photos at the narrowest plausible width already pass JPEG's width limit
+DOWNLOAD_CONCURRENCY = 4
+# The hourly retry of errored SKUs.
+RETRY_COOLDOWN_S = 3600
+RETRY_BATCH = 50
+RETRY_MAX_ROUNDS = 3
+STALLED_AFTER_S = 60  # without a worker heartbeat (sent every 10 s)
+RETENTION_HOURS = 24 * 14
+SCRATCH_MAX_AGE_S = 24 * 3600
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What a job needs besides the database: the settings and the bucket."""
+
+    settings: Settings
+    bucket: Bucket
+
+
+@dataclass(frozen=True)
+class Built:
+    """A collage uploaded for a SKU."""
+
+    url: str
+    photos: int
+    size: int
+
+
+def runtime_of(context: JobContext) -> Runtime:
+    """Use the Runtime `collage worker` passed in, or build one from the environment once."""
+    given = (context.additional_context or {}).get("runtime")
+    return given if isinstance(given, Runtime) else _environment_runtime()
+
+
+@functools.cache
+def _environment_runtime() -> Runtime:
+    settings = from_environment()
+    return Runtime(settings=settings, bucket=Bucket.from_settings(settings))
+
+
+def backoff_s(attempt: int) -> float:
+    """Wait longer after each transient failure: 15 s, 30 s, 60 s ... capped at 4 minutes."""
+    return min(BACKOFF_BASE_S * 2**attempt, BACKOFF_MAX_S)
+
+
+@app.task(name="collage.build", queue=QUEUE, pass_context=True)
+async def build(context: JobContext, product_id: int, attempt: int = 0) -> str:
+    """Build, upload and record one SKU's collage; returns what happened.
+
+    Retries are queued by this task, not by Procrastinate's RetryStrategy: a retry of a job
+    whose SKU already has a waiting job would collide with the queueing lock and strand the
+    job in 'doing' (Procrastinate issues #1446, #1543).
+    """
+    runtime = runtime_of(context)
+    started = time.monotonic()
+    async with context.app.connector.pool.connection() as conn:  # type: ignore[attr-defined]
+        product = await products.fetch(conn, product_id)
+    if product is None or product.image_status != "uploaded":
+        _log(
+            "collage skipped",
+            product_id,
+            outcome="skipped",
+            status=product and product.image_status,
+        )
+        return "skipped"
+    outcome: products.Outcome
+    try:
+        built = await build_and_upload(runtime, product)
+    except asyncio.CancelledError:
+        # The worker is shutting down past its grace period: queue the SKU for whoever is next.
+        await asyncio.shield(_enqueue_again(context, product.id))
+        raise
+    except Exception as exc:
+        outcome = await _handle_failure(context, product, exc, attempt=attempt, started=started)
+    else:
+        async with context.app.connector.pool.connection() as conn:  # type: ignore[attr-defined]
+            owned = await products.mark_ready(conn, product, collage_url=built.url)
+        outcome = products.Outcome(
+            product_id=product.id,
+            job_id=context.job.id,
+            outcome="built" if owned else "superseded",
+            photos=built.photos,
+            bytes_out=built.size,
+            duration_s=time.monotonic() - started,
+        )
+    async with context.app.connector.pool.connection() as conn:  # type: ignore[attr-defined]
+        await products.record_outcome(conn, outcome)
+    metrics.record_outcome(
+        outcome.outcome, error_class=outcome.error_class, duration_s=outcome.duration_s or 0.0
+    )
+    _log(
+        f"collage {outcome.outcome}",
+        product.id,
+        brand=product.brand,
+        external_id=product.external_id,
+        outcome=outcome.outcome,
+        attempt=attempt,
+        photos=outcome.photos,
+        bytes_out=outcome.bytes_out,
+        duration_s=round(outcome.duration_s or 0.0, 3),
+        error_class=outcome.error_class,
+        error=outcome.message,
+    )
+    return outcome.outcome
+
+
+async def build_and_upload(runtime: Runtime, product: products.Product) -> Built:
+    """Download the photos, join them and upload the collage; raise CollageError on failure."""
+    bucket, settings = runtime.bucket, runtime.settings
+    key = collage_key(product.brand, product.external_id)
+    keys = photo_keys(bucket, product.image_urls)
+    limit = asyncio.Semaphore(DOWNLOAD_CONCURRENCY)
+
+    async def download(photo_key: str) -> bytes:
+        async with limit:
+            data = await asyncio.to_thread(bucket.get, photo_key)
+        metrics.BYTES_DOWNLOADED.inc(len(data))
+        return data
+
+    photos = await asyncio.gather(*(download(k) for k in keys))
+    jpeg = await asyncio.to_thread(
+        imaging.build_collage, photos, quality=settings.collage_quality, names=keys
+    )
+    del photos
+    await asyncio.to_thread(bucket.put_jpeg, key, jpeg)
+    metrics.BYTES_UPLOADED.inc(len(jpeg))
+    return Built(url=bucket.public_url_for(key), photos=len(keys), size=len(jpeg))
+
+
+def photo_keys(bucket: Bucket, image_urls: object) -> list[str]:
+    """Check image_urls and map every URL to a key in our bucket, before anything is fetched."""
+    if image_urls is None or image_urls == []:
+        raise NoPhotos("image_urls is empty")
+    if not isinstance(image_urls, list):
+        raise BadImageUrls(f"image_urls is a JSON {type(image_urls).__name__}, not a list")
+    if len(image_urls) > MAX_PHOTOS:
+        raise BadImageUrls(f"image_urls has {len(image_urls)} photos; at most {MAX_PHOTOS} fit")
+    return [bucket.key_for(url) for url in image_urls]
+
+
+async def _handle_failure(
+    context: JobContext,
+    product: products.Product,
+    exc: Exception,
+    *,
+    attempt: int,
+    started: float,
+) -> products.Outcome:
+    """Mark the SKU broken, or queue a later attempt for a failure that may pass."""
+    message = exc.message if isinstance(exc, CollageError) else f"internal error: {exc!r}"
+    retry = not isinstance(exc, Permanent) and attempt + 1 < MAX_ATTEMPTS
+    if not isinstance(exc, CollageError):
+        logger.exception("unexpected error while building", extra={"product_id": product.id})
+    async with context.app.connector.pool.connection() as conn:  # type: ignore[attr-defined]
+        if retry:
+            await products.enqueue(
+                conn, product.id, attempt=attempt + 1, delay_s=backoff_s(attempt)
+            )
+            outcome = "retry"
+        else:
+            if not isinstance(exc, Permanent):
+                message = f"gave up after {attempt + 1} attempts: {message}"
+            marked = await products.mark_error(conn, product, message=message)
+            outcome = "error" if marked else "superseded"
+    return products.Outcome(
+        product_id=product.id,
+        job_id=context.job.id,
+        outcome=outcome,
+        error_class=type(exc).__name__,
+        message=message,
+        duration_s=time.monotonic() - started,
+    )
+
+
+async def _enqueue_again(context: JobContext, product_id: int) -> None:
+    async with context.app.connector.pool.connection() as conn:  # type: ignore[attr-defined]
+        await products.enqueue(conn, product_id)
+    _log("collage interrupted; queued again", product_id, outcome="interrupted")
+
+
+def _log(message: str, product_id: int, **fields: object) -> None:
+    logger.info(message, extra={"action": "build_collage", "product_id": product_id, **fields})
+
+
+# --- periodic tasks -------------------------------------------------------------------------
+# Each has a queueing lock: a tick that finds the previous one still waiting is dropped.
+
+
+@app.periodic(cron="*/15 * * * *")
+@app.task(name="collage.sweep", queue=QUEUE, queueing_lock="collage.sweep", pass_context=True)
+async def sweep(context: JobContext, timestamp: int | None = None) -> list[int]:
+    """Queue 'uploaded' SKUs that have no job, and log the batch to scraper_logs."""
+    runtime = runtime_of(context)
+    async with context.app.connector.pool.connection() as conn:  # type: ignore[attr-defined]
+        return await run_sweep(conn, limit=runtime.settings.batch_size)
+
+
+async def run_sweep(conn: AsyncConnection, *, limit: int) -> list[int]:
+    """Do what the periodic sweep does (also `collage sweep`)."""
+    started_at = datetime.now(UTC)
+    queued = await products.enqueue_unqueued(conn, limit=limit)
+    summary = await products.log_batch(conn, started_at=started_at)
+    logger.info("sweep done", extra={"action": "sweep", "queued": len(queued), **summary})
+    return queued
+
+
+@app.periodic(cron="30 * * * *")
+@app.task(
+    name="collage.retry_errors", queue=QUEUE, queueing_lock="collage.retry", pass_context=True
+)
+async def retry_errors(context: JobContext, timestamp: int | None = None) -> list[int]:
+    """Give errored SKUs another round after a cool-down, a few rounds at most."""
+    async with context.app.connector.pool.connection() as conn:  # type: ignore[attr-defined]
+        ids = await products.requeue_errored(
+            conn, limit=RETRY_BATCH, cooldown_s=RETRY_COOLDOWN_S, max_rounds=RETRY_MAX_ROUNDS
+        )
+    logger.info("errored SKUs requeued", extra={"action": "retry_errors", "count": len(ids)})
+    return ids
+
+
+@app.periodic(cron="* * * * *")
+@app.task(name="collage.rescue", queue=QUEUE, queueing_lock="collage.rescue", pass_context=True)
+async def rescue_stalled(context: JobContext, timestamp: int | None = None) -> list[int]:
+    """Fail the jobs of workers that stopped sending heartbeats, and queue their SKUs again.
+
+    A stalled job is not retried in place: its SKU may already have a waiting job.
+    """
+    manager = context.app.job_manager
+    stalled = await manager.get_stalled_jobs(
+        queue=QUEUE, task_name="collage.build", seconds_since_heartbeat=STALLED_AFTER_S
+    )
+    rescued: list[int] = []
+    async with context.app.connector.pool.connection() as conn:  # type: ignore[attr-defined]
+        for job in stalled:
+            await manager.finish_job(job, status=Status.FAILED, delete_job=False)
+            product_id = int(job.task_kwargs["product_id"])
+            await products.enqueue(conn, product_id)
+            rescued.append(product_id)
+    await manager.prune_stalled_workers(seconds_since_heartbeat=STALLED_AFTER_S * 10)
+    if rescued:
+        logger.warning("stalled jobs rescued", extra={"action": "rescue", "products": rescued})
+    return rescued
+
+
+@app.periodic(cron="0 4 * * *")
+@app.task(name="collage.cleanup", queue=QUEUE, queueing_lock="collage.cleanup", pass_context=True)
+async def cleanup(context: JobContext, timestamp: int | None = None) -> int:
+    """Delete day-old scratch files and prune finished jobs and outcomes past retention."""
+    runtime = runtime_of(context)
+    removed = await asyncio.to_thread(remove_old_files, runtime.settings.temp_dir)
+    await context.app.job_manager.delete_old_jobs(
+        nb_hours=RETENTION_HOURS, include_failed=True, include_cancelled=True, include_aborted=True
+    )
+    async with context.app.connector.pool.connection() as conn:  # type: ignore[attr-defined]
+        await conn.execute(
+            "DELETE FROM collage_outcomes WHERE finished_at < now() - %s * interval '1 hour'",
+            [RETENTION_HOURS],
+        )
+    logger.info("cleanup done", extra={"action": "cleanup", "files_removed": removed})
+    return removed
+
+
+def remove_old_files(folder: Path, *, max_age_s: float = SCRATCH_MAX_AGE_S) -> int:
+    """Delete files under `folder` not modified for `max_age_s`; return how many."""
+    if not folder.is_dir():
+        return 0
+    cutoff = time.time() - max_age_s
+    removed = 0
+    for path in folder.rglob("*"):
+        try:
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            continue  # another worker's cleanup got there first
+    return removed
+
+
+__all__: Sequence[str] = ["Runtime", "build", "cleanup", "rescue_stalled", "retry_errors", "sweep"]

@@ -1,0 +1,401 @@
+"""The build job and the periodic tasks, run by a real worker against PostgreSQL and S3."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from collage import sandbox, tasks
+from collage.cli import main
+from collage.settings import Settings
+from tests.conftest import WorkerThread
+from tests.photos import jpeg
+
+StartWorker = Callable[..., WorkerThread]
+
+
+def add_product(
+    db: psycopg.Connection,
+    urls: object,
+    *,
+    brand: str = "zara",
+    external_id: str | None = None,
+    status: str = "uploaded",
+) -> int:
+    row = db.execute(
+        "INSERT INTO raw_products (external_id, brand, image_urls, image_status)"
+        " VALUES (%s, %s, %s, %s) RETURNING id",
+        [external_id or f"sku-{time.monotonic_ns()}", brand, json.dumps(urls), status],
+    ).fetchone()
+    assert row
+    return int(row[0])
+
+
+def upload(s3, settings: Settings, photos: dict[str, bytes]) -> list[str]:
+    for key, data in photos.items():
+        s3.put_object(Bucket=settings.s3_bucket, Key=key, Body=data)
+    return [f"s3://{settings.s3_bucket}/{key}" for key in photos]
+
+
+def wait_settled(db: psycopg.Connection, product_id: int, timeout: float = 30) -> tuple:
+    """Wait until the SKU has left 'uploaded' and no job for it waits or runs."""
+
+    def settled() -> bool:
+        row = db.execute(
+            "SELECT p.image_status <> 'uploaded' AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs"
+            " WHERE lock = %s AND status IN ('todo', 'doing')) FROM raw_products p WHERE id = %s",
+            [f"product:{product_id}", product_id],
+        ).fetchone()
+        return bool(row and row[0])
+
+    sandbox.wait_until(settled, timeout=timeout, what=f"product {product_id} to settle")
+    row = db.execute(
+        "SELECT image_status, collage_url, error_message FROM raw_products WHERE id = %s",
+        [product_id],
+    ).fetchone()
+    assert row
+    return row
+
+
+def test_an_uploaded_sku_becomes_the_same_collage_as_collage_make(
+    db: psycopg.Connection, settings: Settings, s3, start_worker: StartWorker, tmp_path: Path
+) -> None:
+    photos = {
+        "originals/zara/1/front.jpg": jpeg(300, 400, seed=1),
+        "originals/zara/1/back.jpg": jpeg(200, 300, seed=2),
+        "originals/zara/1/side.jpg": jpeg(250, 400, seed=3),
+    }
+    urls = upload(s3, settings, photos)
+    start_worker(settings)
+    pid = add_product(db, urls, external_id="AB-1")
+    status, url, error = wait_settled(db, pid)
+    assert (status, error) == ("collage_ready", None)
+    assert url == f"{settings.s3_public_url}/collages/zara/AB-1.jpg"
+    obj = s3.get_object(Bucket=settings.s3_bucket, Key="collages/zara/AB-1.jpg")
+    assert obj["ContentType"] == "image/jpeg"
+    built = obj["Body"].read()
+
+    files = []
+    for key, data in photos.items():
+        path = tmp_path / key.replace("/", "_")
+        path.write_bytes(data)
+        files.append(str(path))
+    out = tmp_path / "made.jpg"
+    result = CliRunner().invoke(main, ["make", *files, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    with Image.open(out) as made, Image.open(io.BytesIO(built)) as from_worker:
+        assert from_worker.size == made.size == (300 + round(200 * 400 / 300) + 250, 400)
+        assert from_worker.tobytes() == made.tobytes()
+    outcome = db.execute("SELECT outcome, photos FROM collage_outcomes").fetchall()
+    assert outcome == [("built", 3)]
+
+
+@pytest.mark.parametrize(
+    ("urls", "brand", "expected"),
+    [
+        ([], "zara", "image_urls is empty"),
+        (None, "zara", "image_urls is empty"),
+        ({"front": "x"}, "zara", "image_urls is a JSON dict, not a list"),
+        ([1, 2], "zara", "image_urls holds 1, not a URL"),
+        (
+            ["s3://{bucket}/missing.jpg"],
+            "zara",
+            "original not found in bucket {bucket}: missing.jpg",
+        ),
+        (["https://evil.example.com/x.jpg"], "zara", "https://evil.example.com/x.jpg is not on"),
+        (["s3://{bucket}/ok.jpg"], "../etc", "brand '../etc' cannot be used in an object key"),
+        (["s3://{bucket}/ok.jpg"] * 41, "zara", "image_urls has 41 photos; at most 40 fit"),
+        (["s3://{bucket}/ok.jpg", "s3://{bucket}/html.jpg"], "zara", "html.jpg"),
+    ],
+)
+def test_a_broken_sku_ends_in_error_with_a_message_an_operator_can_act_on(
+    db: psycopg.Connection,
+    settings: Settings,
+    s3,
+    start_worker: StartWorker,
+    urls: object,
+    brand: str,
+    expected: str,
+) -> None:
+    upload(s3, settings, {"ok.jpg": jpeg(50, 60), "html.jpg": b"<html>502 Bad Gateway</html>"})
+    text = json.dumps(urls).replace("{bucket}", settings.s3_bucket)
+    start_worker(settings)
+    pid = add_product(db, json.loads(text), brand=brand)
+    status, url, error = wait_settled(db, pid)
+    assert status == "error"
+    assert url is None
+    assert expected.replace("{bucket}", settings.s3_bucket) in error
+    assert "\n" not in error and "Traceback" not in error
+    listed = s3.list_objects_v2(Bucket=settings.s3_bucket, Prefix="collages/")
+    assert listed.get("KeyCount", 0) == 0
+
+
+def test_transient_s3_failures_are_retried_until_the_sku_succeeds(
+    db: psycopg.Connection, settings: Settings, s3, start_worker: StartWorker, monkeypatch
+) -> None:
+    urls = upload(s3, settings, {"a.jpg": jpeg(60, 80), "b.jpg": jpeg(60, 80, seed=4)})
+    failures = {"left": 8}  # more than boto3's own 3 tries: the job itself must retry
+
+    def rule(method: str, path: str) -> sandbox.Fault | None:
+        if method == "GET" and path.endswith("b.jpg") and failures["left"] > 0:
+            failures["left"] -= 1
+            return sandbox.Fault(status=503)
+        return None
+
+    proxy = sandbox.FaultyProxy(settings.s3_endpoint, rule)
+    monkeypatch.setattr(tasks, "BACKOFF_BASE_S", 0.2)
+    try:
+        start_worker(settings.replace(s3_endpoint=proxy.endpoint))
+        pid = add_product(db, urls)
+        status, _, error = wait_settled(db, pid, timeout=60)
+    finally:
+        proxy.close()
+    assert (status, error) == ("collage_ready", None)
+    outcomes = [r[0] for r in db.execute("SELECT outcome FROM collage_outcomes ORDER BY id")]
+    assert outcomes[-1] == "built" and "retry" in outcomes
+    assert sum(1 for *_, code in proxy.seen if code == 503) == 8
+
+
+def test_a_sku_that_keeps_failing_transiently_gives_up_with_the_cause(
+    db: psycopg.Connection, settings: Settings, s3, start_worker: StartWorker, monkeypatch
+) -> None:
+    urls = upload(s3, settings, {"a.jpg": jpeg(60, 80)})
+    proxy = sandbox.FaultyProxy(
+        settings.s3_endpoint,
+        lambda method, path: sandbox.Fault(status=500) if method == "GET" else None,
+    )
+    monkeypatch.setattr(tasks, "BACKOFF_BASE_S", 0.05)
+    monkeypatch.setattr(tasks, "MAX_ATTEMPTS", 3)
+    try:
+        start_worker(settings.replace(s3_endpoint=proxy.endpoint))
+        pid = add_product(db, urls)
+        status, _, error = wait_settled(db, pid, timeout=60)
+    finally:
+        proxy.close()
+    assert status == "error"
+    assert error.startswith("gave up after 3 attempts: S3 answered 500")
+    stuck = db.execute("SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')")
+    assert stuck.fetchone() == (0,)
+
+
+def _slow_gets(settings: Settings, seconds: float) -> sandbox.FaultyProxy:
+    return sandbox.FaultyProxy(
+        settings.s3_endpoint,
+        lambda method, path: sandbox.Fault(delay_s=seconds) if method == "GET" else None,
+    )
+
+
+def _wait_running(db: psycopg.Connection, product_id: int) -> None:
+    sandbox.wait_until(
+        lambda: db.execute(
+            "SELECT count(*) FROM procrastinate_jobs WHERE lock = %s AND status = 'doing'",
+            [f"product:{product_id}"],
+        ).fetchone()[0],
+        timeout=20,
+        what="the build to start",
+    )
+
+
+def test_a_reupload_during_a_build_wins_over_the_stale_result(
+    db: psycopg.Connection, settings: Settings, s3, start_worker: StartWorker
+) -> None:
+    old = upload(s3, settings, {"old.jpg": jpeg(100, 100, seed=1)})
+    new = upload(s3, settings, {"new1.jpg": jpeg(100, 100, seed=2), "new2.jpg": jpeg(50, 100)})
+    proxy = _slow_gets(settings, 0.5)
+    try:
+        start_worker(settings.replace(s3_endpoint=proxy.endpoint))
+        pid = add_product(db, old, external_id="RE-1")
+        _wait_running(db, pid)
+        db.execute("UPDATE raw_products SET image_urls = %s WHERE id = %s", [json.dumps(new), pid])
+        status, _, _ = wait_settled(db, pid, timeout=60)
+    finally:
+        proxy.close()
+    assert status == "collage_ready"
+    body = s3.get_object(Bucket=settings.s3_bucket, Key="collages/zara/RE-1.jpg")["Body"].read()
+    assert Image.open(io.BytesIO(body)).size == (150, 100)  # the two new photos, not the old one
+    outcomes = [r[0] for r in db.execute("SELECT outcome FROM collage_outcomes ORDER BY id")]
+    assert outcomes == ["superseded", "built"]
+
+
+def test_a_failed_build_with_a_waiting_job_never_strands_a_job_in_doing(
+    db: psycopg.Connection, settings: Settings, s3, start_worker: StartWorker, monkeypatch
+) -> None:
+    # Procrastinate issues #1446/#1543: a retry colliding with a waiting job's queueing lock.
+    urls = upload(s3, settings, {"a.jpg": jpeg(60, 80)})
+    calls = {"n": 0}
+
+    def rule(method: str, path: str) -> sandbox.Fault | None:
+        if method != "GET":
+            return None
+        calls["n"] += 1
+        return sandbox.Fault(status=503, delay_s=0.5) if calls["n"] <= 4 else None
+
+    proxy = sandbox.FaultyProxy(settings.s3_endpoint, rule)
+    monkeypatch.setattr(tasks, "BACKOFF_BASE_S", 0.1)
+    try:
+        start_worker(settings.replace(s3_endpoint=proxy.endpoint))
+        pid = add_product(db, urls)
+        _wait_running(db, pid)
+        db.execute("UPDATE raw_products SET image_status = 'pending' WHERE id = %s", [pid])
+        db.execute("UPDATE raw_products SET image_status = 'uploaded' WHERE id = %s", [pid])
+        waiting = db.execute(
+            "SELECT count(*) FROM procrastinate_jobs WHERE lock = %s AND status = 'todo'",
+            [f"product:{pid}"],
+        ).fetchone()
+        assert waiting == (1,)  # the second job waits while the first one is failing
+        status, _, _ = wait_settled(db, pid, timeout=60)
+    finally:
+        proxy.close()
+    assert status == "collage_ready"
+    statuses = db.execute(
+        "SELECT status::text FROM procrastinate_jobs WHERE lock = %s", [f"product:{pid}"]
+    )
+    assert "doing" not in {r[0] for r in statuses}
+
+
+def test_listen_through_pgbouncer_starts_jobs_without_waiting_for_a_poll(
+    db: psycopg.Connection,
+    settings: Settings,
+    s3,
+    start_worker: StartWorker,
+    session_bouncer: sandbox.PgBouncer,
+    transaction_bouncer: sandbox.PgBouncer,
+) -> None:
+    urls = upload(s3, settings, {"a.jpg": jpeg(60, 80)})
+    through_bouncers = settings.replace(
+        db_url=transaction_bouncer.for_dsn(settings.db_url),
+        db_session_url=session_bouncer.for_dsn(settings.db_url),
+    )
+    # With polling every 10 minutes, only a notification can start the second job in time.
+    start_worker(through_bouncers, worker_options={"fetch_job_polling_interval": 600})
+    sandbox.wait_until(
+        lambda: db.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND query LIKE 'LISTEN%%'"
+        ).fetchone()[0],
+        timeout=20,
+        what="the worker's LISTEN connection",
+    )
+    first = add_product(db, urls)
+    assert wait_settled(db, first, timeout=20)[0] == "collage_ready"
+    second = add_product(db, urls)
+    assert wait_settled(db, second, timeout=20)[0] == "collage_ready"
+    assert "DuplicatePreparedStatement" not in transaction_bouncer.log()
+
+
+def _run(coro_factory: Callable, settings: Settings):
+    """Run a periodic task's body once against the test database."""
+
+    async def main():
+        conn = await psycopg.AsyncConnection.connect(settings.db_url, autocommit=True)
+        async with conn:
+            return await coro_factory(conn)
+
+    return asyncio.run(main())
+
+
+def test_the_sweep_queues_lost_skus_and_logs_the_batch(
+    db: psycopg.Connection, settings: Settings
+) -> None:
+    db.execute("ALTER TABLE raw_products DISABLE TRIGGER USER")
+    lost = [add_product(db, ["s3://b/a.jpg"]) for _ in range(3)]
+    db.execute("ALTER TABLE raw_products ENABLE TRIGGER USER")
+    queued_already = add_product(db, ["s3://b/a.jpg"])
+    db.execute(
+        "INSERT INTO collage_outcomes (product_id, outcome) VALUES (1, 'built'), (2, 'error')"
+    )
+    queued = _run(lambda conn: tasks.run_sweep(conn, limit=2), settings)
+    assert queued == lost[:2]
+    assert queued_already not in queued
+    log = db.execute(
+        "SELECT scraper_name, status, records_fetched, records_new, records_errors,"
+        " completed_at >= started_at, duration_seconds >= 0 FROM scraper_logs"
+    ).fetchall()
+    assert log == [("collage_worker", "partial", 2, 1, 1, True, True)]
+    assert _run(lambda conn: tasks.run_sweep(conn, limit=10), settings) == [lost[2]]
+    second = db.execute("SELECT status, records_fetched FROM scraper_logs ORDER BY id DESC LIMIT 1")
+    assert second.fetchone() == ("success", 0)
+
+
+def test_errored_skus_are_retried_after_the_cooldown_a_few_rounds_at_most(
+    db: psycopg.Connection, settings: Settings
+) -> None:
+    from collage import products
+
+    old = add_product(db, ["s3://b/a.jpg"], status="error")
+    fresh = add_product(db, ["s3://b/a.jpg"], status="error")
+    db.execute(
+        "UPDATE raw_products SET updated_at = now() - interval '2 hours' WHERE id = %s", [old]
+    )
+
+    def retry(conn):
+        return products.requeue_errored(conn, limit=50, cooldown_s=3600, max_rounds=2)
+
+    assert _run(retry, settings) == [old]
+    assert db.execute("SELECT image_status FROM raw_products WHERE id = %s", [old]).fetchone() == (
+        "uploaded",
+    )
+    jobs = db.execute("SELECT count(*) FROM procrastinate_jobs WHERE lock = %s", [f"product:{old}"])
+    assert jobs.fetchone() == (1,)  # the trigger queued it
+    for expected in ([old], []):  # a second round, then no more
+        db.execute(
+            "UPDATE raw_products SET image_status = 'error',"
+            " updated_at = now() - interval '2 hours' WHERE id = %s",
+            [old],
+        )
+        assert _run(retry, settings) == expected
+    assert fresh not in _run(retry, settings)
+
+
+def test_stalled_jobs_of_a_dead_worker_are_failed_and_their_sku_queued_again(
+    db: psycopg.Connection, settings: Settings, start_worker: StartWorker
+) -> None:
+    db.execute("ALTER TABLE raw_products DISABLE TRIGGER USER")
+    pid = add_product(db, ["s3://b/a.jpg"])
+    db.execute("ALTER TABLE raw_products ENABLE TRIGGER USER")
+    dead = db.execute(
+        "INSERT INTO procrastinate_workers (last_heartbeat) VALUES (now() - interval '1 hour')"
+        " RETURNING id"
+    ).fetchone()[0]
+    stalled_job = db.execute(
+        "INSERT INTO procrastinate_jobs (queue_name, task_name, lock, args, status, worker_id)"
+        " VALUES ('collage', 'collage.build', %s, %s, 'doing', %s) RETURNING id",
+        [f"product:{pid}", json.dumps({"product_id": pid}), dead],
+    ).fetchone()[0]
+    start_worker(settings)
+    db.execute(
+        "SELECT procrastinate_defer_jobs_v1(ARRAY[ROW('collage', 'collage.rescue', 0, NULL,"
+        " NULL, '{\"timestamp\": 0}'::jsonb, NULL)::procrastinate_job_to_defer_v1])"
+    )
+    status, _, error = wait_settled(db, pid)
+    assert status == "error"  # it ran again: s3://b/ is another bucket, which it reports
+    assert "not in bucket" in error or "is in bucket" in error
+    old = db.execute("SELECT status::text FROM procrastinate_jobs WHERE id = %s", [stalled_job])
+    assert old.fetchone() == ("failed",)
+
+
+def test_cleanup_removes_day_old_scratch_files_only(tmp_path: Path) -> None:
+    old, new = tmp_path / "a" / "old.jpg", tmp_path / "new.jpg"
+    old.parent.mkdir()
+    old.write_bytes(b"x")
+    new.write_bytes(b"y")
+    os.utime(old, (time.time() - 2 * 86400,) * 2)
+    assert tasks.remove_old_files(tmp_path) == 1
+    assert not old.exists() and new.exists()
+    assert tasks.remove_old_files(tmp_path / "missing") == 0
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    delays = [tasks.backoff_s(n) for n in range(8)]
+    assert delays == sorted(delays)
+    assert delays[0] == tasks.BACKOFF_BASE_S and delays[-1] == tasks.BACKOFF_MAX_S
