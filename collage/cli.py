@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import os
 import sys
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 import psycopg
 
-from collage import imaging, logs, migrate
+from collage import health, imaging, logs, migrate, queue
 from collage.errors import CollageError, ConfigError
 from collage.settings import Settings, redact
 
@@ -121,7 +123,9 @@ def worker_command(concurrency: int | None, graceful_timeout: float) -> None:
 
 
 @main.command("make")
-@click.argument("photos", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument(
+    "photos", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-q", "--quality", type=click.IntRange(1, 100), default=95, show_default=True)
 def make_command(photos: tuple[Path, ...], output: Path, quality: int) -> None:
@@ -159,3 +163,176 @@ def sweep_command(limit: int | None) -> None:
 
     queued = asyncio.run(run())
     click.echo(f"queued {len(queued)} SKU(s)")
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class Duration(click.ParamType):
+    """A duration such as 45s, 30m, 2h or 7d."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> timedelta:
+        if isinstance(value, timedelta):
+            return value
+        text = str(value).strip().lower()
+        if len(text) >= 2 and text[-1] in DURATION_UNITS and text[:-1].isdigit():
+            return timedelta(seconds=int(text[:-1]) * DURATION_UNITS[text[-1]])
+        self.fail(f"{value!r} is not a duration like 45s, 30m, 2h or 7d", param, ctx)
+
+
+@main.command("requeue")
+@click.option("--brand", help="Only this brand.")
+@click.option("--id", "ids", type=int, multiple=True, help="Only this product id (repeatable).")
+@click.option("--error-like", help="Only errors containing this text (or a LIKE pattern with %).")
+@click.option("--older-than", type=Duration(), help="Only SKUs that failed longer ago (2h, 7d).")
+@click.option("--limit", type=click.IntRange(1), help="At most this many SKUs.")
+@click.option("--dry-run", is_flag=True, help="List what would be requeued; change nothing.")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@database_errors
+def requeue_command(
+    brand: str | None,
+    ids: tuple[int, ...],
+    error_like: str | None,
+    older_than: timedelta | None,
+    limit: int | None,
+    dry_run: bool,
+    yes: bool,
+) -> None:
+    """Put errored SKUs back in the queue (they become 'uploaded'; the trigger queues them)."""
+    where = queue.RequeueFilter(
+        brand=brand, ids=ids, error_like=error_like, older_than=older_than, limit=limit
+    )
+    settings = load_settings()
+    with queue.connect(settings.db_url) as conn:
+        rows = queue.errored(conn, where)
+        if not rows:
+            click.echo("no errored SKU matches")
+            return
+        if dry_run:
+            for row in rows:
+                click.echo(
+                    f"{row['product_id']}\t{row['brand']}/{row['external_id']}\t"
+                    f"{row['error_message']}"
+                )
+            click.echo(f"{len(rows)} SKU(s) would be requeued")
+            return
+        if where.is_empty and not yes:
+            click.confirm(f"No filter given: requeue all {len(rows)} errored SKU(s)?", abort=True)
+        done = 0
+        ids_to_requeue = [row["product_id"] for row in rows]
+        with click.progressbar(
+            length=len(ids_to_requeue), label="requeueing", file=sys.stderr
+        ) as bar:
+            for count in queue.requeue(conn, ids_to_requeue):
+                done += count
+                bar.update(count)
+    click.echo(f"requeued {done} SKU(s)")
+
+
+@main.command("jobs")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document, for scripts.")
+@click.option("--failures", type=click.IntRange(0), default=10, show_default=True)
+@database_errors
+def jobs_command(as_json: bool, failures: int) -> None:
+    """Show the queue at a glance: counts, oldest waiting, running, failures, stalled."""
+    settings = load_settings()
+    with queue.connect(settings.db_url) as conn:
+        report = {
+            "summary": queue.summary(conn),
+            "running": queue.running(conn),
+            "recent_failures": queue.recent_failures(conn, limit=failures),
+            "stalled": queue.stalled(conn),
+        }
+    if as_json:
+        click.echo(json.dumps(report, default=_json_value, indent=2))
+        return
+    s = report["summary"]
+    click.echo(
+        f"waiting {s['waiting']}  retry later {s['retry_later']}  running {s['running']}"
+        f"  stalled {s['stalled']}  workers alive {s['workers_alive']}"
+    )
+    click.echo(f"oldest waiting: {_age(s['oldest_waiting_for'])}")
+    click.echo(
+        f"SKUs uploaded {s['skus_uploaded']}  error {s['skus_error']}  last hour: built"
+        f" {s['built_last_hour']}, errors {s['errors_last_hour']}"
+    )
+    _table("running", report["running"], ["product_id", "brand", "external_id", "running_for"])
+    _table("stalled", report["stalled"], ["job_id", "product_id", "worker_id", "last_heartbeat"])
+    _table(
+        "recent failures",
+        report["recent_failures"],
+        ["finished_at", "product_id", "brand", "external_id", "outcome", "message"],
+    )
+
+
+@main.command("show")
+@click.argument("ref", metavar="ID|BRAND/EXTERNAL_ID")
+@database_errors
+def show_command(ref: str) -> None:
+    """Show one SKU: its row, its latest job and every job it had."""
+    settings = load_settings()
+    with queue.connect(settings.db_url) as conn:
+        try:
+            row = queue.find_product(conn, ref)
+        except ValueError as exc:
+            raise Fail(str(exc)) from None
+        if row is None:
+            raise Fail(f"no SKU {ref}")
+        jobs = queue.history(conn, row["product_id"])
+    for key, value in row.items():
+        click.echo(f"{key:>14}: {_cell(value)}")
+    _table(
+        "jobs",
+        jobs,
+        [
+            "job_id",
+            "status",
+            "attempt",
+            "queued_at",
+            "started_at",
+            "finished_at",
+            "outcome",
+            "message",
+        ],
+    )
+
+
+@main.command("health")
+@database_errors
+def health_command() -> None:
+    """Exit 0 only if both database URLs, the bucket and a fresh worker heartbeat answer."""
+    settings = load_settings()
+    checks = health.run_checks(settings)
+    for check in checks:
+        mark = click.style("ok  ", fg="green") if check.ok else click.style("FAIL", fg="red")
+        click.echo(f"{mark} {check.name}: {check.detail}")
+    if not all(check.ok for check in checks):
+        sys.exit(1)
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, timedelta):
+        return round(value.total_seconds(), 3)
+    if isinstance(value, datetime):
+        return value.isoformat(timespec="seconds")
+    return str(value)
+
+
+def _age(value: timedelta | None) -> str:
+    return "-" if value is None else f"{value.total_seconds():.1f}s"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, timedelta):
+        return _age(value)
+    return str(_json_value(value)) if isinstance(value, datetime) else str(value)
+
+
+def _table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    click.echo(f"\n{title}: {len(rows)}")
+    for row in rows:
+        click.echo("  " + "  ".join(_cell(row.get(column)) for column in columns))

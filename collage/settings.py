@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
 from collage.errors import ConfigError
 
 T = TypeVar("T")
@@ -77,6 +80,9 @@ def from_environment() -> Settings:
 
 def redact(dsn: str) -> str:
     """Hide the password in a connection URL so it can be logged."""
+    if "://" not in dsn:
+        params = conninfo_to_dict(dsn)
+        return make_conninfo(**{**params, "password": "***"}) if "password" in params else dsn
     parts = urlsplit(dsn)
     if parts.password is None:
         return dsn
@@ -108,8 +114,10 @@ def _parse(name: str, raw: str, parse: Callable[[str], T]) -> T:
 
 
 def _dsn(raw: str) -> str:
-    if urlsplit(raw).scheme not in {"postgres", "postgresql"}:
-        raise ValueError("expected a postgresql://user@host:port/dbname URL")
+    try:
+        conninfo_to_dict(raw)
+    except psycopg.ProgrammingError:
+        raise ValueError("expected a postgresql://user@host:port/dbname URL") from None
     return raw
 
 

@@ -88,3 +88,10 @@ def test_secrets_stay_out_of_the_repr() -> None:
 def test_redact_hides_only_the_password() -> None:
     assert redact("postgresql://app:s3cret@db:6432/x") == "postgresql://app:***@db:6432/x"
     assert redact("postgresql://app@db/x") == "postgresql://app@db/x"
+    assert "s3cret" not in redact("host=db dbname=x user=app password=s3cret")
+    assert redact("host=db dbname=x") == "host=db dbname=x"
+
+
+def test_key_value_connection_strings_are_accepted() -> None:
+    settings = Settings.from_env({**BASE, "STAGING_DB_URL": "host=db port=6432 dbname=staging"})
+    assert settings.db_url == "host=db port=6432 dbname=staging"

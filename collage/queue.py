@@ -1,0 +1,168 @@
+"""What operators ask of the queue: its state, one SKU's history, and requeueing errored SKUs.
+
+Synchronous and one statement per call, for the CLI, through the transaction pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+Row = dict[str, Any]
+
+
+def connect(dsn: str) -> psycopg.Connection[Row]:
+    """Open an autocommit connection that works through PgBouncer's transaction pool."""
+    return psycopg.connect(
+        dsn, autocommit=True, prepare_threshold=None, row_factory=dict_row, connect_timeout=10
+    )
+
+
+def summary(conn: psycopg.Connection[Row]) -> Row:
+    """Counts by status, the oldest waiting job's age, stalled jobs, live workers."""
+    row = conn.execute("SELECT * FROM collage_queue_summary").fetchone()
+    return dict(row or {})
+
+
+def running(conn: psycopg.Connection[Row], *, limit: int = 20) -> list[Row]:
+    """Jobs being built now, longest-running first."""
+    return conn.execute(
+        "SELECT product_id, brand, external_id, job_id, attempt, running_for FROM collage_sku_jobs"
+        " WHERE job_status = 'doing' ORDER BY running_for DESC NULLS LAST LIMIT %s",
+        [limit],
+    ).fetchall()
+
+
+def recent_failures(conn: psycopg.Connection[Row], *, limit: int = 10) -> list[Row]:
+    """The latest failed attempts with their error."""
+    return conn.execute(
+        "SELECT o.finished_at, o.product_id, p.brand, p.external_id, o.outcome, o.error_class,"
+        " o.message FROM collage_outcomes o LEFT JOIN raw_products p ON p.id = o.product_id"
+        " WHERE o.outcome IN ('error', 'retry') ORDER BY o.id DESC LIMIT %s",
+        [limit],
+    ).fetchall()
+
+
+def stalled(conn: psycopg.Connection[Row]) -> list[Row]:
+    """Running jobs whose worker has stopped sending heartbeats."""
+    return conn.execute(
+        "SELECT j.id AS job_id, (j.args ->> 'product_id')::bigint AS product_id, j.worker_id,"
+        " w.last_heartbeat FROM procrastinate_jobs j"
+        " LEFT JOIN procrastinate_workers w ON w.id = j.worker_id"
+        " WHERE j.status = 'doing' AND j.queue_name = 'collage'"
+        " AND (w.id IS NULL OR w.last_heartbeat < now() - interval '60 seconds')"
+    ).fetchall()
+
+
+def find_product(conn: psycopg.Connection[Row], ref: str) -> Row | None:
+    """Find a SKU by id or by BRAND/EXTERNAL_ID."""
+    if ref.isdigit():
+        query, params = "SELECT * FROM collage_sku_jobs WHERE product_id = %s", [int(ref)]
+    elif "/" in ref:
+        brand, external_id = ref.split("/", 1)
+        query = "SELECT * FROM collage_sku_jobs WHERE brand = %s AND external_id = %s"
+        params = [brand, external_id]
+    else:
+        raise ValueError(f"{ref!r} is neither a product id nor BRAND/EXTERNAL_ID")
+    return conn.execute(query, params).fetchone()
+
+
+def history(conn: psycopg.Connection[Row], product_id: int) -> list[Row]:
+    """Every job for a SKU with its times, oldest first, and what each attempt ended in."""
+    return conn.execute(
+        """
+        SELECT j.id AS job_id, j.task_name, j.status::text AS status,
+               (j.args ->> 'attempt')::int AS attempt,
+               min(e.at) FILTER (WHERE e.type = 'deferred') AS queued_at,
+               max(e.at) FILTER (WHERE e.type = 'started') AS started_at,
+               max(e.at) FILTER (WHERE e.type IN ('succeeded', 'failed', 'aborted', 'cancelled'))
+                   AS finished_at,
+               (SELECT o.outcome FROM collage_outcomes o WHERE o.job_id = j.id
+                 ORDER BY o.id DESC LIMIT 1) AS outcome,
+               (SELECT o.message FROM collage_outcomes o WHERE o.job_id = j.id
+                 ORDER BY o.id DESC LIMIT 1) AS message
+          FROM procrastinate_jobs j
+          LEFT JOIN procrastinate_events e ON e.job_id = j.id
+         WHERE j.lock = %s
+         GROUP BY j.id ORDER BY j.id
+        """,
+        [f"product:{product_id}"],
+    ).fetchall()
+
+
+@dataclass(frozen=True, kw_only=True)
+class RequeueFilter:
+    """Which errored SKUs to put back in the queue; all given conditions must hold."""
+
+    brand: str | None = None
+    ids: Sequence[int] = ()
+    error_like: str | None = None
+    older_than: timedelta | None = None
+    limit: int | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.brand or self.ids or self.error_like or self.older_than or self.limit)
+
+
+def errored(conn: psycopg.Connection[Row], where: RequeueFilter) -> list[Row]:
+    """List the errored SKUs a filter selects, oldest failure first."""
+    return conn.execute(
+        """
+        SELECT id AS product_id, brand, external_id, error_message, updated_at
+          FROM raw_products
+         WHERE image_status = 'error'
+           AND (%(brand)s::text IS NULL OR brand = %(brand)s)
+           AND (cardinality(%(ids)s::bigint[]) = 0 OR id = ANY(%(ids)s))
+           AND (%(pattern)s::text IS NULL OR error_message ILIKE %(pattern)s)
+           AND (%(older)s::interval IS NULL OR updated_at < now() - %(older)s::interval)
+         ORDER BY updated_at, id
+         LIMIT %(limit)s
+        """,
+        {
+            "brand": where.brand,
+            "ids": list(where.ids),
+            "pattern": _like(where.error_like),
+            "older": where.older_than,
+            "limit": where.limit,
+        },
+    ).fetchall()
+
+
+def requeue(
+    conn: psycopg.Connection[Row], ids: Sequence[int], *, batch: int = 500
+) -> Iterator[int]:
+    """Set SKUs that are still 'error' back to 'uploaded' (the trigger queues them), in batches.
+
+    Yields how many each batch requeued. Their automatic-retry count starts again.
+    """
+    for start in range(0, len(ids), batch):
+        chunk = list(ids[start : start + batch])
+        with conn.transaction():
+            cur = conn.execute(
+                "UPDATE raw_products SET image_status = 'uploaded', error_message = NULL,"
+                " updated_at = now() WHERE id = ANY(%s) AND image_status = 'error'",
+                [chunk],
+            )
+            conn.execute("DELETE FROM collage_retry_rounds WHERE product_id = ANY(%s)", [chunk])
+        yield cur.rowcount
+
+
+def heartbeat_age_s(conn: psycopg.Connection[Row]) -> float | None:
+    """Seconds since the freshest worker heartbeat, or None when no worker is registered."""
+    row = conn.execute(
+        "SELECT extract(epoch FROM now() - max(last_heartbeat)) AS age FROM procrastinate_workers"
+    ).fetchone()
+    return float(row["age"]) if row and row["age"] is not None else None
+
+
+def _like(pattern: str | None) -> str | None:
+    """Let operators write plain text or their own % wildcards."""
+    if pattern is None:
+        return None
+    return pattern if "%" in pattern else f"%{pattern}%"
