@@ -108,15 +108,15 @@ def worker_command(concurrency: int | None, graceful_timeout: float) -> None:
     from collage import metrics, worker  # the worker's imports are heavier than the CLI's
 
     settings = load_settings()
-    middleware = (
-        metrics.start(settings.metrics_port, dsn=settings.db_url) if settings.metrics_port else ()
-    )
+    exporter = None
+    if settings.metrics_port:
+        exporter = metrics.serve(settings.metrics_port, dsn=settings.db_url)
     code = asyncio.run(
         worker.supervise(
             settings,
             concurrency=concurrency,
             graceful_timeout_s=graceful_timeout,
-            middleware=middleware,
+            middleware=exporter.middleware if exporter else (),
         )
     )
     sys.exit(code)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 import psycopg
 from procrastinate import JobContext
@@ -123,10 +125,27 @@ class QueueCollector(Collector):
         yield from (depth, oldest, up)
 
 
-def start(port: int, *, dsn: str | None = None) -> tuple[WorkerMiddleware, ...]:
-    """Serve /metrics on `port` and return the worker middleware that feeds it."""
-    if dsn:
-        REGISTRY.register(QueueCollector(dsn))
-    start_http_server(port, registry=REGISTRY)
+@dataclass
+class Exporter:
+    """The /metrics HTTP server and the worker middleware that feeds it."""
+
+    server: WSGIServer
+    collector: QueueCollector | None
+    middleware: tuple[WorkerMiddleware, ...] = (pickup_middleware,)
+
+    def close(self) -> None:
+        """Stop serving and forget the queue collector (tests start several)."""
+        self.server.shutdown()
+        self.server.server_close()
+        if self.collector is not None:
+            REGISTRY.unregister(self.collector)
+
+
+def serve(port: int, *, dsn: str | None = None, addr: str = "0.0.0.0") -> Exporter:  # noqa: S104
+    """Serve /metrics on `port` (all interfaces: Prometheus scrapes the container)."""
+    collector = QueueCollector(dsn) if dsn else None
+    if collector is not None:
+        REGISTRY.register(collector)
+    server, _ = start_http_server(port, addr=addr, registry=REGISTRY)
     logger.info("metrics served", extra={"action": "metrics", "port": port})
-    return (pickup_middleware,)
+    return Exporter(server=server, collector=collector)
