@@ -1,0 +1,311 @@
+"""`bin/demo`: the whole pipeline on generated SKUs, with nothing configured.
+
+Creates a throwaway database, runs the real migrations, an in-process S3 server, the real
+trigger and worker; then writes demo-output/index.html and prints a summary. Cleans up after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import io
+import json
+import logging
+import os
+import random
+import shutil
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import boto3
+import click
+import psycopg
+from PIL import Image, ImageChops, ImageDraw
+
+from collage import logs, migrate, sandbox
+from collage.settings import Settings
+from collage.worker import supervise
+
+LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+BUCKET = "unde-images"
+BRANDS = ("zara", "hm", "mango", "cos", "uniqlo", "arket")
+VIEWS = ("front", "back", "side", "detail", "on-model", "label")
+BROKEN = ("truncated photo", "missing photo", "HTML saved as .jpg", "photo from another host")
+
+
+@dataclass
+class Sku:
+    """One generated product: its photos and what the demo expects of it."""
+
+    brand: str
+    external_id: str
+    photos: dict[str, bytes] = field(default_factory=dict)
+    urls: list[str] = field(default_factory=list)
+    broken: str | None = None
+
+
+def garment(rng: random.Random, view: str, *, width: int, height: int) -> Image.Image:
+    """Draw a product-like photo: a garment silhouette on a studio background, labelled."""
+    background = tuple(rng.randrange(225, 250) for _ in range(3))
+    colour = tuple(rng.randrange(30, 220) for _ in range(3))
+    image = Image.new("RGB", (width, height), background)  # type: ignore[arg-type]
+    draw = ImageDraw.Draw(image)
+    w, h = width, height
+    body = [
+        (0.30 * w, 0.18 * h),
+        (0.42 * w, 0.12 * h),
+        (0.58 * w, 0.12 * h),
+        (0.70 * w, 0.18 * h),
+        (0.90 * w, 0.35 * h),
+        (0.80 * w, 0.42 * h),
+        (0.70 * w, 0.34 * h),
+        (0.70 * w, 0.88 * h),
+        (0.30 * w, 0.88 * h),
+        (0.30 * w, 0.34 * h),
+        (0.20 * w, 0.42 * h),
+        (0.10 * w, 0.35 * h),
+    ]
+    draw.polygon(body, fill=colour)  # type: ignore[arg-type]
+    for _ in range(rng.randrange(3, 9)):  # a print on the fabric
+        x, y = rng.uniform(0.35, 0.6) * w, rng.uniform(0.3, 0.75) * h
+        r = rng.uniform(0.02, 0.06) * w
+        draw.ellipse((x, y, x + r, y + r), fill=tuple(rng.randrange(256) for _ in range(3)))
+    draw.text((0.04 * w, 0.04 * h), view, fill=(60, 60, 60), font_size=max(12, h // 18))
+    return image
+
+
+def encode(image: Image.Image, kind: str) -> tuple[str, bytes]:
+    """Save a photo in one of the formats the downloader brings; return (extension, bytes)."""
+    out = io.BytesIO()
+    if kind == "png-transparent":
+        # A cut-out product shot: the studio background becomes transparent.
+        background = Image.new(
+            "RGB", image.size, image.getpixel((image.width - 1, image.height - 1))
+        )
+        rgba = image.convert("RGBA")
+        rgba.putalpha(
+            ImageChops.difference(image, background).convert("L").point(lambda v: 255 * (v > 0))
+        )
+        rgba.save(out, "PNG")
+        return "png", out.getvalue()
+    if kind == "webp":
+        image.save(out, "WEBP", quality=90)
+        return "webp", out.getvalue()
+    if kind == "rotated":  # stored sideways with an EXIF orientation tag, as phones do
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        image.transpose(Image.Transpose.ROTATE_90).save(out, "JPEG", quality=90, exif=exif)
+        return "jpg", out.getvalue()
+    if kind == "cmyk":
+        image.convert("CMYK").save(out, "JPEG", quality=90)
+        return "jpg", out.getvalue()
+    image.save(out, "JPEG", quality=90)
+    return "jpg", out.getvalue()
+
+
+def make_skus(count: int, *, seed: int = 7) -> list[Sku]:
+    """Generate `count` SKUs of 2-6 photos in mixed sizes and formats; a few are broken."""
+    rng = random.Random(seed)
+    skus = []
+    for n in range(count):
+        sku = Sku(brand=BRANDS[n % len(BRANDS)], external_id=f"SKU-{1000 + n}")
+        height = rng.choice((900, 1200, 1500))
+        for i, view in enumerate(VIEWS[: rng.randrange(2, 7)]):
+            h = height if rng.random() < 0.6 else int(height * rng.uniform(0.55, 0.9))
+            image = garment(rng, view, width=int(h * rng.uniform(0.62, 0.8)), height=h)
+            kind = rng.choice(("jpeg",) * 6 + ("png-transparent", "webp", "rotated", "cmyk"))
+            ext, data = encode(image, kind)
+            key = f"originals/{sku.brand}/{sku.external_id}/{i + 1}-{view}.{ext}"
+            sku.photos[key] = data
+            sku.urls.append(f"https://{BUCKET}.s3.demo.local/{key}")
+        skus.append(sku)
+    victims = rng.sample(skus, min(len(BROKEN), max(1, count // 8)))
+    for sku, fault in zip(victims, BROKEN[: len(victims)], strict=True):
+        sku.broken = fault
+        first = next(iter(sku.photos))
+        if fault == "truncated photo":
+            sku.photos[first] = sku.photos[first][: len(sku.photos[first]) // 2]
+        elif fault == "missing photo":
+            del sku.photos[first]
+        elif fault == "HTML saved as .jpg":
+            sku.photos[first] = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
+        else:
+            sku.urls[0] = "https://images.example.com/stolen.jpg"
+    return skus
+
+
+async def run_demo(admin_dsn: str, output: Path, skus: list[Sku]) -> dict[str, object]:
+    """Seed, run the worker until every SKU has settled, collect the results."""
+    dsn = sandbox.create_database(admin_dsn, prefix="collage_demo")
+    try:
+        with sandbox.s3_server() as s3:
+            return await _run(dsn, s3.endpoint, output, skus)
+    finally:
+        sandbox.drop_database(admin_dsn, dsn)
+
+
+async def _run(dsn: str, endpoint: str, output: Path, skus: list[Sku]) -> dict[str, object]:
+    migrate.apply(dsn)
+    settings = Settings(
+        db_url=dsn,
+        db_session_url=dsn,
+        s3_endpoint="http://s3.demo.local",
+        s3_access_key="demo",
+        s3_secret_key="demo",  # noqa: S106 - the in-process server accepts anything
+        s3_bucket=BUCKET,
+        s3_public_url=f"https://{BUCKET}.s3.demo.local",
+        temp_dir=output / "scratch",
+    )
+    # The rows say s3.demo.local, as production rows name the real endpoint; requests go to moto.
+    worker_settings = settings.replace(s3_endpoint=endpoint)
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=settings.s3_access_key,
+        aws_secret_access_key=settings.s3_secret_key,
+        region_name="us-east-1",
+    )
+    client.create_bucket(Bucket=BUCKET)
+    for sku in skus:
+        for key, data in sku.photos.items():
+            client.put_object(Bucket=BUCKET, Key=key, Body=data)
+
+    stop = asyncio.Event()
+    worker = asyncio.create_task(supervise(worker_settings, stop=stop))
+    started = time.monotonic()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        with conn.transaction():  # as the downloader does: the trigger queues every SKU
+            for sku in skus:
+                conn.execute(
+                    "INSERT INTO raw_products (external_id, brand, image_urls, image_status)"
+                    " VALUES (%s, %s, %s, 'uploaded')",
+                    [sku.external_id, sku.brand, json.dumps(sku.urls)],
+                )
+        with click.progressbar(length=len(skus), label="building collages", file=None) as bar:
+            done = 0
+            while done < len(skus):
+                await asyncio.sleep(0.1)
+                row = conn.execute(
+                    "SELECT count(*) FROM raw_products WHERE image_status <> 'uploaded'"
+                ).fetchone()
+                now_done = int(row[0]) if row else 0
+                bar.update(now_done - done)
+                done = now_done
+        elapsed = time.monotonic() - started
+        stop.set()
+        await worker
+        rows = conn.execute(
+            "SELECT brand, external_id, image_status, collage_url, error_message, image_urls"
+            " FROM raw_products ORDER BY id"
+        ).fetchall()
+        durations = [
+            float(r[0])
+            for r in conn.execute("SELECT duration_s FROM collage_outcomes WHERE outcome = 'built'")
+        ]
+        pickups = [
+            float(r[0]) * 1000
+            for r in conn.execute(
+                "SELECT extract(epoch FROM s.at - d.at) FROM procrastinate_events d"
+                " JOIN procrastinate_events s ON s.job_id = d.job_id AND s.type = 'started'"
+                " JOIN procrastinate_jobs j ON j.id = d.job_id AND j.task_name = 'collage.build'"
+                " WHERE d.type = 'deferred'"
+            )
+        ]
+    write_gallery(output, client, skus, rows)
+    return {"rows": rows, "durations": durations, "pickups": pickups, "elapsed": elapsed}
+
+
+def write_gallery(output: Path, client: object, skus: list[Sku], rows: list[tuple]) -> None:
+    """Save photos and collages and an index.html showing each SKU's photos beside its collage."""
+    by_id = {(s.brand, s.external_id): s for s in skus}
+    cards = []
+    for brand, external_id, status, url, error, _ in rows:
+        sku = by_id[(brand, external_id)]
+        thumbs = []
+        for key, data in sku.photos.items():
+            path = output / "photos" / key.replace("/", "_")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            thumbs.append(f'<img src="photos/{html.escape(path.name)}" alt="{html.escape(key)}">')
+        result = f'<p class="error">{html.escape(error or "")}</p>'
+        if status == "collage_ready":
+            key = url.split(f"{BUCKET}.s3.demo.local/", 1)[1]
+            body = client.get_object(Bucket=BUCKET, Key=key)["Body"].read()  # type: ignore[attr-defined]
+            path = output / "collages" / f"{brand}_{external_id}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(body)
+            with Image.open(io.BytesIO(body)) as im:
+                size = f"{im.width}x{im.height}, {len(body) / 1024:.0f} KB"
+            result = f'<img class="collage" src="collages/{path.name}"><p>{size}</p>'
+        title = f"{html.escape(brand)} / {html.escape(external_id)} <small>{status}</small>"
+        cards.append(
+            f'<section class="{status}"><h2>{title}</h2>'
+            f"<div class=photos>{''.join(thumbs)}</div>{result}</section>"
+        )
+    (output / "index.html").write_text(
+        "<!doctype html><meta charset=utf-8><title>collage demo</title><style>"
+        "body{font-family:sans-serif;margin:2em;background:#fafafa}section{background:#fff;"
+        "margin:1em 0;padding:1em;border-left:6px solid #3a3}section.error{border-color:#c33}"
+        ".photos img{height:120px;margin-right:4px;border:1px solid #ddd}"
+        "img.collage{max-width:100%;height:240px;border:1px solid #999}.error{color:#c33}"
+        "</style><h1>collage demo: photos of each SKU, and the collage the worker built</h1>"
+        + "".join(cards)
+    )
+
+
+def summary(result: dict[str, object], skus: list[Sku]) -> str:
+    """The table printed at the end."""
+    rows = result["rows"]
+    assert isinstance(rows, list)
+    durations, pickups = result["durations"], result["pickups"]
+    assert isinstance(durations, list) and isinstance(pickups, list)
+    ready = [r for r in rows if r[2] == "collage_ready"]
+    errors = [r for r in rows if r[2] == "error"]
+    lines = [
+        f"SKUs               {len(rows)}",
+        f"collages           {len(ready)}",
+        f"errors             {len(errors)}",
+        f"wall time          {result['elapsed']:.1f} s",
+    ]
+    if durations:
+        lines.append(
+            f"time per collage   median {statistics.median(durations):.2f} s,"
+            f" max {max(durations):.2f} s (download + build + upload)"
+        )
+    if pickups:
+        ordered = sorted(pickups)
+        p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+        lines.append(
+            f"pickup latency     median {statistics.median(ordered):.0f} ms, p99 {p99:.0f} ms"
+            " (queued -> started; the backlog waits its turn)"
+        )
+    expected = {(s.brand, s.external_id): s.broken for s in skus}
+    for brand, external_id, _, _, error, _ in errors:
+        why = expected.get((brand, external_id)) or "unexpected"
+        lines.append(f"  error {brand}/{external_id} [{why}]: {error}")
+    return "\n".join(lines)
+
+
+@click.command()
+@click.option("--skus", type=click.IntRange(1, 500), default=36, show_default=True)
+@click.option("--output", type=click.Path(path_type=Path), default=Path("demo-output"))
+def main(skus: int, output: Path) -> None:
+    """Run the collage pipeline on generated SKUs and show what it made."""
+    logs.configure("text", level=logging.WARNING)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the S3 server's request log
+    admin_dsn = os.environ.get("STAGING_DB_URL") or LOCAL_DSN
+    if not sandbox.can_connect(admin_dsn):
+        raise click.ClickException(f"no PostgreSQL at {admin_dsn}; set STAGING_DB_URL")
+    shutil.rmtree(output, ignore_errors=True)
+    output.mkdir(parents=True)
+    generated = make_skus(skus)
+    click.echo(f"seeding {len(generated)} SKUs ({sum(len(s.photos) for s in generated)} photos)")
+    result = asyncio.run(run_demo(admin_dsn, output, generated))
+    click.echo(summary(result, generated))
+    click.echo(f"open {output.resolve() / 'index.html'} to see every SKU beside its collage")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""bin/demo end to end, reduced in size: the command a newcomer runs first."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_bin_demo_builds_collages_and_a_gallery(tmp_path: Path, admin_dsn: str) -> None:
+    output = tmp_path / "demo"
+    env = {**os.environ, "STAGING_DB_URL": admin_dsn}
+    result = subprocess.run(
+        [str(ROOT / "bin" / "demo"), "--skus", "10", "--output", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "SKUs               10" in out
+    assert "collages           9" in out and "errors             1" in out
+    assert "pickup latency" in out and "time per collage" in out
+    page = (output / "index.html").read_text()
+    assert page.count("<section") == 10
+    assert len(list((output / "collages").glob("*.jpg"))) == 9
+    assert "Traceback" not in result.stderr
