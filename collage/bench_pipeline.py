@@ -1,0 +1,346 @@
+"""Pipeline benchmark: pickup latency, end-to-end time, queue overhead, the trigger's cost.
+
+Runs against the local PostgreSQL (or BENCH_DATABASE_URL's server) with its own PgBouncer
+pools, an S3 server in another process and real `collage worker` processes. Figures are
+medians or percentiles of this run; ratios compare with baselines measured in the same run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import click
+import psycopg
+from PIL import Image
+
+from collage import imaging, migrate, sandbox
+
+LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+BUCKET = "bench"
+KEY = "bench"  # the S3 server in the benchmark accepts any credentials
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def photo(width: int, height: int, seed: int) -> bytes:
+    """A photo-like JPEG with texture, so decode and encode cost what real photos cost."""
+    rng = random.Random(seed)
+    noise = Image.effect_noise((width // 4, height // 4), 40).resize((width, height))
+    base = Image.new("RGB", (width, height), tuple(rng.randrange(40, 220) for _ in range(3)))
+    image = Image.composite(base, Image.merge("RGB", (noise, noise, noise)), noise)
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+@contextlib.contextmanager
+def s3_process() -> Iterator[str]:
+    """Run the S3 server in its own process so it does not share the workers' CPU accounting."""
+    port = sandbox.free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        sandbox.wait_until(
+            lambda: _client(endpoint).list_buckets() is not None, timeout=30, what="the S3 server"
+        )
+        yield endpoint
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def _client(endpoint: str):
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=KEY,
+        aws_secret_access_key=KEY,
+        region_name="us-east-1",
+    )
+
+
+@contextlib.contextmanager
+def workers(count: int, *, db_url: str, session_url: str, endpoint: str, concurrency: int = 1):
+    """Start `count` real `collage worker` processes; stop them with SIGTERM afterwards."""
+    env = {
+        **os.environ,
+        "STAGING_DB_URL": db_url,
+        "STAGING_DB_SESSION_URL": session_url,
+        "S3_ENDPOINT": endpoint,
+        "S3_ACCESS_KEY": KEY,
+        "S3_SECRET_KEY": KEY,
+        "S3_BUCKET": BUCKET,
+        "WORKER_CONCURRENCY": str(concurrency),
+        "LOG_FORMAT": "json",
+    }
+    binary = str(Path(sys.executable).parent / "collage")
+    procs = [
+        subprocess.Popen([binary, "worker"], env=env, stderr=subprocess.DEVNULL)
+        for _ in range(count)
+    ]
+    try:
+        with psycopg.connect(db_url, autocommit=True, prepare_threshold=None) as conn:
+            sandbox.wait_until(
+                lambda: (
+                    conn.execute(
+                        "SELECT count(*) FROM procrastinate_workers"
+                        " WHERE last_heartbeat > now() - interval '5 seconds'"
+                    ).fetchone()[0]
+                    >= count
+                ),
+                timeout=30,
+                what=f"{count} worker(s) to register",
+            )
+        yield procs
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait(90)
+
+
+def pickup_samples(dsn: str, samples: int) -> list[float]:
+    """Mark SKUs 'uploaded' one at a time; measure commit to job start in milliseconds."""
+    results = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        ids = [
+            row[0]
+            for row in conn.execute(
+                "INSERT INTO raw_products (external_id, brand, image_urls, image_status)"
+                " SELECT 'p' || n, 'bench', '[]', 'new' FROM generate_series(1, %s) n RETURNING id",
+                [samples],
+            )
+        ]
+        for pid in ids:
+            conn.execute("UPDATE raw_products SET image_status = 'uploaded' WHERE id = %s", [pid])
+            committed = time.time()
+            started = None
+
+            def job_started(pid: int = pid) -> bool:
+                nonlocal started
+                row = conn.execute(
+                    "SELECT extract(epoch FROM e.at) FROM procrastinate_events e"
+                    " JOIN procrastinate_jobs j ON j.id = e.job_id"
+                    " WHERE j.lock = %s AND e.type = 'started'",
+                    [f"product:{pid}"],
+                ).fetchone()
+                started = float(row[0]) if row else None
+                return started is not None
+
+            sandbox.wait_until(job_started, timeout=30, what="a job to start")
+            assert started is not None
+            results.append((started - committed) * 1000)
+    return results
+
+
+def settle(dsn: str, *, timeout: float) -> None:
+    """Wait until no SKU is 'uploaded' and no job waits or runs."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        sandbox.wait_until(
+            lambda: conn.execute(
+                "SELECT NOT EXISTS (SELECT 1 FROM raw_products WHERE image_status = 'uploaded')"
+                " AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs j WHERE j.status IN"
+                " ('todo', 'doing') AND j.task_name = 'collage.build')"
+            ).fetchone()[0],
+            timeout=timeout,
+            what="the queue to drain",
+        )
+
+
+def seed_photos(endpoint: str, count: int, *, sizes: list[tuple[int, int]]) -> list[list[str]]:
+    """Upload `count` SKUs' photos; return each SKU's image_urls."""
+    client = _client(endpoint)
+    with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+        client.create_bucket(Bucket=BUCKET)
+    cache: dict[tuple[int, int, int], bytes] = {}
+    skus = []
+    for n in range(count):
+        urls = []
+        for i, (w, h) in enumerate(sizes):
+            variant = (w, h, (n + i) % 5)
+            if variant not in cache:
+                cache[variant] = photo(w, h, seed=hash(variant))
+            key = f"originals/{n}/{i}.jpg"
+            client.put_object(Bucket=BUCKET, Key=key, Body=cache[variant])
+            urls.append(f"s3://{BUCKET}/{key}")
+        skus.append(urls)
+    return skus
+
+
+def pure_collage_seconds(endpoint: str, skus: list[list[str]]) -> list[float]:
+    """CPU time of imaging.build_collage alone for each SKU, photos already in memory."""
+    client = _client(endpoint)
+    times = []
+    for urls in skus:
+        photos = [
+            client.get_object(Bucket=BUCKET, Key=url.split("/", 3)[3])["Body"].read()
+            for url in urls
+        ]
+        start = time.process_time()
+        imaging.build_collage(photos)
+        times.append(time.process_time() - start)
+    return times
+
+
+def insert_uploaded(dsn: str, skus: list[list[str]]) -> float:
+    """Insert every SKU as 'uploaded' in one transaction; return the commit time."""
+    with psycopg.connect(dsn) as conn:
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO raw_products (external_id, brand, image_urls, image_status)"
+                " VALUES (%s, 'bench', %s, 'uploaded')",
+                [(f"e{n}", json.dumps(urls)) for n, urls in enumerate(skus)],
+            )
+        conn.commit()
+    return time.time()
+
+
+def bulk_update_seconds(dsn: str, rows: int, *, trigger: bool) -> float:
+    """Time one UPDATE that marks `rows` SKUs 'uploaded', with or without the trigger."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("TRUNCATE raw_products, procrastinate_jobs CASCADE")
+        conn.execute(
+            "INSERT INTO raw_products (external_id, brand, image_urls, image_status)"
+            " SELECT 'b' || n, 'bench', '[\"s3://bench/a.jpg\"]', 'new'"
+            " FROM generate_series(1, %s) n",
+            [rows],
+        )
+        conn.execute(f"ALTER TABLE raw_products {'ENABLE' if trigger else 'DISABLE'} TRIGGER USER")
+        start = time.perf_counter()
+        conn.execute("UPDATE raw_products SET image_status = 'uploaded'")
+        elapsed = time.perf_counter() - start
+        jobs = conn.execute("SELECT count(*) FROM procrastinate_jobs").fetchone()
+        conn.execute("ALTER TABLE raw_products ENABLE TRIGGER USER")
+        assert jobs and jobs[0] == (rows if trigger else 0), jobs
+    return elapsed
+
+
+@click.command()
+@click.option("--samples", type=click.IntRange(20), default=200, show_default=True)
+@click.option("--skus", type=click.IntRange(10), default=200, show_default=True)
+@click.option("--bulk-rows", type=click.IntRange(100), default=10_000, show_default=True)
+def main(samples: int, skus: int, bulk_rows: int) -> None:
+    """Measure the pipeline and print a Markdown report."""
+    admin = os.environ.get("BENCH_DATABASE_URL", LOCAL_DSN)
+    template = sandbox.create_database(admin, prefix="collage_bench_template")
+    migrate.apply(template)
+    template_name = str(psycopg.conninfo.conninfo_to_dict(template)["dbname"])
+    session = sandbox.start_pgbouncer(admin, mode="session")
+    transaction = sandbox.start_pgbouncer(admin, mode="transaction")
+    made: list[str] = [template]
+    report: list[str] = []
+
+    def fresh() -> str:
+        dsn = sandbox.create_database(admin, template=template_name, prefix="collage_bench")
+        made.append(dsn)
+        return dsn
+
+    try:
+        with s3_process() as endpoint:
+            report.append("| pickup, commit to job start | samples | p50 ms | p99 ms |")
+            report.append("|---|---|---|---|")
+            for label, via_bouncer, n in (
+                ("direct, LISTEN/NOTIFY", False, samples),
+                ("PgBouncer (session LISTEN, transaction queries)", True, samples),
+            ):
+                dsn = fresh()
+                urls = (
+                    (transaction.for_dsn(dsn), session.for_dsn(dsn)) if via_bouncer else (dsn, dsn)
+                )
+                with workers(1, db_url=urls[0], session_url=urls[1], endpoint=endpoint):
+                    values = pickup_samples(dsn, n)
+                report.append(
+                    f"| {label} | {n} | {statistics.median(values):.1f} |"
+                    f" {percentile(values, 0.99):.1f} |"
+                )
+                click.echo(report[-1], err=True)
+
+            # End to end, one 4-photo SKU at a time: commit to 'collage_ready'.
+            dsn = fresh()
+            four = seed_photos(endpoint, 10, sizes=[(1600, 2400)] * 3 + [(2000, 3000)])
+            e2e = []
+            with workers(1, db_url=dsn, session_url=dsn, endpoint=endpoint, concurrency=2):
+                for urls in four:
+                    committed = insert_uploaded(dsn, [urls])
+                    settle(dsn, timeout=60)
+                    with psycopg.connect(dsn) as conn:
+                        done = conn.execute(
+                            "SELECT extract(epoch FROM max(updated_at)) FROM raw_products"
+                            " WHERE image_status = 'collage_ready'"
+                        ).fetchone()
+                    e2e.append(float(done[0]) - committed)
+            pure_four = pure_collage_seconds(endpoint, four)
+            report.append("")
+            report.append("| end to end, 4 photos (3x 1600x2400 + 2000x3000) | median s |")
+            report.append("|---|---|")
+            report.append(f"| commit to collage_ready | {statistics.median(e2e):.2f} |")
+            report.append(
+                f"| imaging.build_collage alone (CPU) | {statistics.median(pure_four):.2f} |"
+            )
+            click.echo("\n".join(report[-4:]), err=True)
+
+            # Throughput: `skus` SKUs, two single-job workers, against the pure collage time.
+            dsn = fresh()
+            many = seed_photos(endpoint, skus, sizes=[(1200, 1800), (1000, 1500), (1200, 1800)])
+            pure = pure_collage_seconds(endpoint, many)
+            with workers(
+                2,
+                db_url=transaction.for_dsn(dsn),
+                session_url=session.for_dsn(dsn),
+                endpoint=endpoint,
+            ):
+                start = time.time()
+                insert_uploaded(dsn, many)
+                settle(dsn, timeout=1800)
+                wall = time.time() - start
+            ideal = sum(pure) / 2
+            report.append("")
+            report.append(f"| {skus} SKUs, 2 workers, through PgBouncer | seconds |")
+            report.append("|---|---|")
+            report.append(f"| wall clock | {wall:.1f} |")
+            report.append(f"| sum of pure collage CPU / 2 cores | {ideal:.1f} |")
+            report.append(f"| overhead (queue, database, S3) | {100 * (wall / ideal - 1):.0f} % |")
+            click.echo("\n".join(report[-5:]), err=True)
+
+            dsn = fresh()
+            without = bulk_update_seconds(dsn, bulk_rows, trigger=False)
+            with_trigger = bulk_update_seconds(dsn, bulk_rows, trigger=True)
+            report.append("")
+            report.append(f"| UPDATE of {bulk_rows:,} rows to 'uploaded' | seconds | per row |")
+            report.append("|---|---|---|")
+            report.append(
+                f"| without the trigger | {without:.2f} | {without / bulk_rows * 1e6:.0f} µs |"
+            )
+            report.append(
+                f"| with the trigger (one job each) | {with_trigger:.2f} |"
+                f" {with_trigger / bulk_rows * 1e6:.0f} µs |"
+            )
+    finally:
+        session.stop()
+        transaction.stop()
+        for dsn in reversed(made):
+            sandbox.drop_database(admin, dsn)
+    click.echo("\n".join(report))
+
+
+if __name__ == "__main__":
+    main()
