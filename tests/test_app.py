@@ -1,0 +1,64 @@
+"""The module-level app, as `procrastinate --app=collage.app.app worker` uses it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+
+from collage.app import app
+from collage.settings import Settings
+from tests.photos import jpeg
+from tests.test_cli import env_of
+from tests.test_tasks import add_product, upload, wait_settled
+
+
+def test_importing_the_app_connects_to_nothing_and_reads_no_environment() -> None:
+    code = (
+        "import os; os.environ.clear(); import collage.app, collage.tasks;"
+        " print(sorted(collage.app.app.tasks))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert "collage.build" in result.stdout and "collage.sweep" in result.stdout
+
+
+def test_periodic_tasks_are_registered_with_their_schedules() -> None:
+    import collage.tasks  # noqa: F401 - registers the tasks on `app`
+
+    schedules = {
+        task.task.name: task.cron for task in app.periodic_registry.periodic_tasks.values()
+    }
+    assert schedules == {
+        "collage.sweep": "*/15 * * * *",
+        "collage.retry_errors": "30 * * * *",
+        "collage.rescue": "* * * * *",
+        "collage.cleanup": "0 4 * * *",
+    }
+
+
+def test_procrastinate_cli_runs_the_same_worker(
+    db: psycopg.Connection, settings: Settings, s3
+) -> None:
+    urls = upload(s3, settings, {"a.jpg": jpeg(40, 50)})
+    binary = Path(sys.executable).parent / "procrastinate"
+    worker = subprocess.Popen(
+        [str(binary), "--app=collage.app.app", "worker", "-c", "2"],
+        env={**os.environ, **env_of(settings)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        pid = add_product(db, urls, external_id="CLI-1")
+        status, url, _ = wait_settled(db, pid, timeout=60)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, stderr = worker.communicate(timeout=60)
+    assert status == "collage_ready", stderr.decode()[-2000:]
+    assert url.endswith("/collages/zara/CLI-1.jpg")
+    assert worker.returncode == 0
