@@ -118,9 +118,10 @@ def workers(count: int, *, db_url: str, session_url: str, endpoint: str, concurr
             proc.wait(90)
 
 
-def pickup_samples(dsn: str, samples: int) -> list[float]:
-    """Mark SKUs 'uploaded' one at a time; measure commit to job start in milliseconds."""
-    results = []
+def pickup_samples(dsn: str, samples: int) -> tuple[list[float], list[float]]:
+    """Mark SKUs 'uploaded' one at a time; return milliseconds from commit to the job's fetch
+    (its 'started' event) and to its outcome (an empty SKU: read, refused, marked 'error')."""
+    fetched, finished = [], []
     with psycopg.connect(dsn, autocommit=True) as conn:
         ids = [
             row[0]
@@ -133,23 +134,25 @@ def pickup_samples(dsn: str, samples: int) -> list[float]:
         for pid in ids:
             conn.execute("UPDATE raw_products SET image_status = 'uploaded' WHERE id = %s", [pid])
             committed = time.time()
-            started = None
+            times: tuple[float, float] | None = None
 
-            def job_started(pid: int = pid) -> bool:
-                nonlocal started
+            def done(pid: int = pid) -> bool:
+                nonlocal times
                 row = conn.execute(
-                    "SELECT extract(epoch FROM e.at) FROM procrastinate_events e"
-                    " JOIN procrastinate_jobs j ON j.id = e.job_id"
-                    " WHERE j.lock = %s AND e.type = 'started'",
+                    "SELECT extract(epoch FROM e.at), extract(epoch FROM o.finished_at)"
+                    "  FROM procrastinate_jobs j"
+                    "  JOIN procrastinate_events e ON e.job_id = j.id AND e.type = 'started'"
+                    "  JOIN collage_outcomes o ON o.job_id = j.id WHERE j.lock = %s",
                     [f"product:{pid}"],
                 ).fetchone()
-                started = float(row[0]) if row else None
-                return started is not None
+                times = (float(row[0]), float(row[1])) if row else None
+                return times is not None
 
-            sandbox.wait_until(job_started, timeout=30, what="a job to start")
-            assert started is not None
-            results.append((started - committed) * 1000)
-    return results
+            sandbox.wait_until(done, timeout=30, what="a job to finish")
+            assert times is not None
+            fetched.append((times[0] - committed) * 1000)
+            finished.append((times[1] - committed) * 1000)
+    return fetched, finished
 
 
 def settle(dsn: str, *, timeout: float) -> None:
@@ -256,8 +259,11 @@ def main(samples: int, skus: int, bulk_rows: int) -> None:
 
     try:
         with s3_process() as endpoint:
-            report.append("| pickup, commit to job start | samples | p50 ms | p99 ms |")
-            report.append("|---|---|---|---|")
+            report.append(
+                "| pickup (ms) | samples | commit to fetch p50 | p99 |"
+                " commit to outcome written p50 | p99 |"
+            )
+            report.append("|---|---|---|---|---|---|")
             for label, via_bouncer, n in (
                 ("direct, LISTEN/NOTIFY", False, samples),
                 ("PgBouncer (session LISTEN, transaction queries)", True, samples),
@@ -267,10 +273,11 @@ def main(samples: int, skus: int, bulk_rows: int) -> None:
                     (transaction.for_dsn(dsn), session.for_dsn(dsn)) if via_bouncer else (dsn, dsn)
                 )
                 with workers(1, db_url=urls[0], session_url=urls[1], endpoint=endpoint):
-                    values = pickup_samples(dsn, n)
+                    fetched, finished = pickup_samples(dsn, n)
                 report.append(
-                    f"| {label} | {n} | {statistics.median(values):.1f} |"
-                    f" {percentile(values, 0.99):.1f} |"
+                    f"| {label} | {n} | {statistics.median(fetched):.1f} |"
+                    f" {percentile(fetched, 0.99):.1f} | {statistics.median(finished):.1f} |"
+                    f" {percentile(finished, 0.99):.1f} |"
                 )
                 click.echo(report[-1], err=True)
 
