@@ -49,7 +49,7 @@ def photo(width: int, height: int, seed: int) -> bytes:
 
 
 @contextlib.contextmanager
-def s3_process() -> Iterator[str]:
+def s3_process() -> Iterator[tuple[str, int]]:
     """Run the S3 server in its own process so it does not share the workers' CPU accounting."""
     port = sandbox.free_port()
     server = subprocess.Popen(
@@ -62,7 +62,7 @@ def s3_process() -> Iterator[str]:
         sandbox.wait_until(
             lambda: _client(endpoint).list_buckets() is not None, timeout=30, what="the S3 server"
         )
-        yield endpoint
+        yield endpoint, server.pid
     finally:
         server.terminate()
         server.wait(10)
@@ -78,9 +78,37 @@ def _client(endpoint: str):
     )
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds a running process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu_s() -> float:
+    """CPU seconds used so far by every PostgreSQL process on this machine."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError):
+            text = stat.read_text()
+            if "(postgres)" in text:
+                total += process_cpu_s(int(stat.parent.name))
+    return total
+
+
 @contextlib.contextmanager
-def workers(count: int, *, db_url: str, session_url: str, endpoint: str, concurrency: int = 1):
-    """Start `count` real `collage worker` processes; stop them with SIGTERM afterwards."""
+def workers(
+    count: int,
+    *,
+    db_url: str,
+    session_url: str,
+    endpoint: str,
+    concurrency: int = 1,
+    cpu: list[float] | None = None,
+):
+    """Start `count` real `collage worker` processes; stop them with SIGTERM afterwards.
+
+    Their total CPU seconds (from wait4) are appended to `cpu` when given.
+    """
     env = {
         **os.environ,
         "STAGING_DB_URL": db_url,
@@ -114,8 +142,13 @@ def workers(count: int, *, db_url: str, session_url: str, endpoint: str, concurr
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
+        used = 0.0
         for proc in procs:
-            proc.wait(90)
+            _, _, usage = os.wait4(proc.pid, 0)
+            proc.returncode = 0
+            used += usage.ru_utime + usage.ru_stime
+        if cpu is not None:
+            cpu.append(used)
 
 
 def pickup_samples(dsn: str, samples: int) -> tuple[list[float], list[float]]:
@@ -258,7 +291,7 @@ def main(samples: int, skus: int, bulk_rows: int) -> None:
         return dsn
 
     try:
-        with s3_process() as endpoint:
+        with s3_process() as (endpoint, s3_pid):
             report.append(
                 "| pickup (ms) | samples | commit to fetch p50 | p99 |"
                 " commit to outcome written p50 | p99 |"
@@ -305,20 +338,27 @@ def main(samples: int, skus: int, bulk_rows: int) -> None:
             )
             click.echo("\n".join(report[-4:]), err=True)
 
-            # Throughput: `skus` SKUs, two single-job workers, against the pure collage time.
+            # Throughput: `skus` SKUs, two workers, against the pure collage time.
             dsn = fresh()
             many = seed_photos(endpoint, skus, sizes=[(1200, 1800), (1000, 1500), (1200, 1800)])
             pure = pure_collage_seconds(endpoint, many)
+            worker_cpu: list[float] = []
             with workers(
                 2,
                 db_url=transaction.for_dsn(dsn),
                 session_url=session.for_dsn(dsn),
                 endpoint=endpoint,
-            ):
+                concurrency=2,  # WORKER_CONCURRENCY's default: downloads overlap builds
+                cpu=worker_cpu,
+            ) as procs:
+                idle = sum(process_cpu_s(p.pid) for p in procs)
+                s3_before, pg_before = process_cpu_s(s3_pid), postgres_cpu_s()
                 start = time.time()
                 insert_uploaded(dsn, many)
                 settle(dsn, timeout=1800)
                 wall = time.time() - start
+                s3_cpu = process_cpu_s(s3_pid) - s3_before
+                pg_cpu = postgres_cpu_s() - pg_before
             ideal = sum(pure) / 2
             report.append("")
             report.append(f"| {skus} SKUs, 2 workers, through PgBouncer | seconds |")
@@ -326,7 +366,18 @@ def main(samples: int, skus: int, bulk_rows: int) -> None:
             report.append(f"| wall clock | {wall:.1f} |")
             report.append(f"| sum of pure collage CPU / 2 cores | {ideal:.1f} |")
             report.append(f"| overhead (queue, database, S3) | {100 * (wall / ideal - 1):.0f} % |")
-            click.echo("\n".join(report[-5:]), err=True)
+            report.append("")
+            report.append("| CPU seconds in that run | seconds | vs pure collage CPU |")
+            report.append("|---|---|---|")
+            busy = worker_cpu[0] - idle
+            for label, value in (
+                ("pure collage CPU (imaging.build_collage)", sum(pure)),
+                ("worker processes (download, build, upload, queue)", busy),
+                ("S3 test server (moto, in Python)", s3_cpu),
+                ("PostgreSQL (all processes)", pg_cpu),
+            ):
+                report.append(f"| {label} | {value:.1f} | {value / sum(pure):.2f}x |")
+            click.echo("\n".join(report[-11:]), err=True)
 
             dsn = fresh()
             without = bulk_update_seconds(dsn, bulk_rows, trigger=False)
