@@ -399,3 +399,64 @@ def test_backoff_grows_and_is_capped() -> None:
     delays = [tasks.backoff_s(n) for n in range(8)]
     assert delays == sorted(delays)
     assert delays[0] == tasks.BACKOFF_BASE_S and delays[-1] == tasks.BACKOFF_MAX_S
+
+
+def _defer(db: psycopg.Connection, task: str) -> None:
+    db.execute(
+        "SELECT procrastinate_defer_jobs_v1(ARRAY[ROW('collage', %s, 0, NULL, NULL,"
+        " '{\"timestamp\": 0}'::jsonb, NULL)::procrastinate_job_to_defer_v1])",
+        [task],
+    )
+
+
+def test_the_daily_cleanup_prunes_old_jobs_outcomes_and_scratch_files(
+    db: psycopg.Connection, settings: Settings, start_worker: StartWorker
+) -> None:
+    scratch = settings.temp_dir
+    scratch.mkdir(parents=True)
+    old_file = scratch / "left-over.jpg"
+    old_file.write_bytes(b"x")
+    os.utime(old_file, (time.time() - 3 * 86400,) * 2)
+    pid = add_product(db, [], status="pending")
+    db.execute("SELECT collage_enqueue(%s)", [pid])
+    db.execute("UPDATE procrastinate_jobs SET status = 'succeeded'")
+    db.execute("UPDATE procrastinate_events SET at = now() - interval '30 days'")
+    db.execute(
+        "INSERT INTO collage_outcomes (product_id, outcome, finished_at) VALUES"
+        " (%s, 'built', now() - interval '30 days'), (%s, 'built', now())",
+        [pid, pid],
+    )
+    start_worker(settings)
+    _defer(db, "collage.cleanup")
+    sandbox.wait_until(
+        lambda: db.execute(
+            "SELECT count(*) FROM procrastinate_jobs WHERE task_name = 'collage.cleanup'"
+            " AND status = 'succeeded'"
+        ).fetchone()[0],
+        timeout=20,
+        what="the cleanup job",
+    )
+    assert not old_file.exists()
+    left = db.execute("SELECT count(*) FROM procrastinate_jobs WHERE task_name = 'collage.build'")
+    assert left.fetchone() == (0,)
+    assert db.execute("SELECT count(*) FROM collage_outcomes").fetchone() == (1,)
+
+
+def test_the_hourly_retry_runs_as_a_job(
+    db: psycopg.Connection, settings: Settings, start_worker: StartWorker
+) -> None:
+    pid = add_product(db, [], status="error")
+    db.execute(
+        "UPDATE raw_products SET updated_at = now() - interval '2 hours' WHERE id = %s", [pid]
+    )
+    start_worker(settings)
+    _defer(db, "collage.retry_errors")
+    sandbox.wait_until(
+        lambda: db.execute("SELECT count(*) FROM collage_outcomes").fetchone()[0],
+        timeout=20,
+        what="the SKU to be built again",
+    )
+    status, _, error = wait_settled(db, pid)
+    assert (status, error) == ("error", "image_urls is empty")  # built again, failed again
+    rounds = db.execute("SELECT rounds FROM collage_retry_rounds WHERE product_id = %s", [pid])
+    assert rounds.fetchone() == (1,)
