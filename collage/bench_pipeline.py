@@ -20,7 +20,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import click
 import psycopg
 from PIL import Image
@@ -29,7 +28,7 @@ from collage import imaging, migrate, sandbox
 
 LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 BUCKET = "bench"
-KEY = "bench"  # the S3 server in the benchmark accepts any credentials
+KEY = sandbox.S3_KEY
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -60,22 +59,14 @@ def s3_process() -> Iterator[tuple[str, int]]:
     endpoint = f"http://127.0.0.1:{port}"
     try:
         sandbox.wait_until(
-            lambda: _client(endpoint).list_buckets() is not None, timeout=30, what="the S3 server"
+            lambda: sandbox.s3_client(endpoint).list_buckets() is not None,
+            timeout=30,
+            what="the S3 server",
         )
         yield endpoint, server.pid
     finally:
         server.terminate()
         server.wait(10)
-
-
-def _client(endpoint: str):
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=KEY,
-        aws_secret_access_key=KEY,
-        region_name="us-east-1",
-    )
 
 
 def process_cpu_s(pid: int) -> float:
@@ -204,7 +195,7 @@ def settle(dsn: str, *, timeout: float) -> None:
 
 def seed_photos(endpoint: str, count: int, *, sizes: list[tuple[int, int]]) -> list[list[str]]:
     """Upload `count` SKUs' photos; return each SKU's image_urls."""
-    client = _client(endpoint)
+    client = sandbox.s3_client(endpoint)
     with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
         client.create_bucket(Bucket=BUCKET)
     cache: dict[tuple[int, int, int], bytes] = {}
@@ -224,7 +215,7 @@ def seed_photos(endpoint: str, count: int, *, sizes: list[tuple[int, int]]) -> l
 
 def pure_collage_seconds(endpoint: str, skus: list[list[str]]) -> list[float]:
     """CPU time of imaging.build_collage alone for each SKU, photos already in memory."""
-    client = _client(endpoint)
+    client = sandbox.s3_client(endpoint)
     times = []
     for urls in skus:
         photos = [

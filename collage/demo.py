@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import boto3
 import click
 import psycopg
 from PIL import Image, ImageChops, ImageDraw
@@ -152,21 +151,15 @@ async def _run(dsn: str, endpoint: str, output: Path, skus: list[Sku]) -> dict[s
         db_url=dsn,
         db_session_url=dsn,
         s3_endpoint="http://s3.demo.local",
-        s3_access_key="demo",
-        s3_secret_key="demo",  # noqa: S106 - the in-process server accepts anything
+        s3_access_key=sandbox.S3_KEY,
+        s3_secret_key=sandbox.S3_KEY,
         s3_bucket=BUCKET,
         s3_public_url=f"https://{BUCKET}.s3.demo.local",
         temp_dir=output / "scratch",
     )
     # The rows say s3.demo.local, as production rows name the real endpoint; requests go to moto.
     worker_settings = settings.replace(s3_endpoint=endpoint)
-    client = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=settings.s3_access_key,
-        aws_secret_access_key=settings.s3_secret_key,
-        region_name="us-east-1",
-    )
+    client = sandbox.s3_client(endpoint)
     client.create_bucket(Bucket=BUCKET)
     for sku in skus:
         for key, data in sku.photos.items():

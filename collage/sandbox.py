@@ -187,6 +187,23 @@ def _wait_for_pgbouncer(bouncer: PgBouncer) -> None:
     wait_until(answers, timeout=15, what=f"pgbouncer ({bouncer.mode}) on port {bouncer.port}")
 
 
+# The sandbox S3 server accepts any credentials; these are what the tests and the demo send.
+S3_KEY = "sandbox"
+
+
+def s3_client(endpoint: str) -> Any:
+    """A boto3 client for the sandbox S3 server, addressed as production addresses its S3."""
+    import boto3  # only the tools that start a sandbox need a bare client
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=S3_KEY,
+        aws_secret_access_key=S3_KEY,
+        region_name="us-east-1",
+    )
+
+
 @dataclass(frozen=True)
 class S3Server:
     """An S3-compatible HTTP server on loopback (moto's server mode)."""

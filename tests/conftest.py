@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
@@ -19,7 +18,7 @@ from collage import migrate, sandbox
 from collage.settings import Settings
 
 DEFAULT_TEST_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
-S3_KEY = "testing"  # moto accepts any credentials
+S3_KEY = sandbox.S3_KEY
 
 
 def missing_service(what: str) -> None:
@@ -121,25 +120,14 @@ def s3_endpoint() -> Iterator[str]:
 def s3_bucket(s3_endpoint: str) -> str:
     """A new, empty bucket for one test."""
     name = f"test-{uuid.uuid4().hex[:16]}"
-    s3_client(s3_endpoint).create_bucket(Bucket=name)
+    sandbox.s3_client(s3_endpoint).create_bucket(Bucket=name)
     return name
-
-
-def s3_client(endpoint: str):
-    """A boto3 client reaching the test server the way production reaches its S3."""
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=S3_KEY,
-        aws_secret_access_key=S3_KEY,
-        region_name="us-east-1",
-    )
 
 
 @pytest.fixture
 def s3(s3_endpoint: str):
     """A boto3 client on the test S3 server."""
-    return s3_client(s3_endpoint)
+    return sandbox.s3_client(s3_endpoint)
 
 
 @pytest.fixture
