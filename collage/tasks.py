@@ -17,7 +17,7 @@ from psycopg import AsyncConnection
 
 from collage import imaging, metrics, products
 from collage.app import QUEUE, app
-from collage.errors import BadImageUrls, CollageError, NoPhotos, Permanent
+from collage.errors import BadImageUrls, CollageError, NoPhotos, Permanent, TooLarge
 from collage.settings import Settings, from_environment
 from collage.storage import Bucket, collage_key
 
@@ -29,6 +29,9 @@ BACKOFF_BASE_S = 15.0
 BACKOFF_MAX_S = 240.0
 MAX_PHOTOS = 40  # 40 photos at the narrowest plausible width already pass JPEG's width limit
 DOWNLOAD_CONCURRENCY = 4
+# The compressed originals of one SKU held in memory at once, whatever the rows claim.
+MAX_SKU_BYTES = 400 * 1024 * 1024
+_JSON_TYPES = {dict: "object", str: "string", int: "number", float: "number", bool: "boolean"}
 # The hourly retry of errored SKUs.
 RETRY_COOLDOWN_S = 3600
 RETRY_BATCH = 50
@@ -139,11 +142,16 @@ async def build_and_upload(runtime: Runtime, product: products.Product) -> Built
     key = collage_key(product.brand, product.external_id)
     keys = photo_keys(bucket, product.image_urls)
     limit = asyncio.Semaphore(DOWNLOAD_CONCURRENCY)
+    downloaded = 0
 
     async def download(photo_key: str) -> bytes:
+        nonlocal downloaded
         async with limit:
             data = await asyncio.to_thread(bucket.get, photo_key)
         metrics.BYTES_DOWNLOADED.inc(len(data))
+        downloaded += len(data)
+        if downloaded > MAX_SKU_BYTES:
+            raise TooLarge(f"the photos add up to over {MAX_SKU_BYTES:,} bytes")
         return data
 
     photos = await asyncio.gather(*(download(k) for k in keys))
@@ -161,7 +169,8 @@ def photo_keys(bucket: Bucket, image_urls: object) -> list[str]:
     if image_urls is None or image_urls == []:
         raise NoPhotos("image_urls is empty")
     if not isinstance(image_urls, list):
-        raise BadImageUrls(f"image_urls is a JSON {type(image_urls).__name__}, not a list")
+        kind = _JSON_TYPES.get(type(image_urls), type(image_urls).__name__)
+        raise BadImageUrls(f"image_urls is a JSON {kind}, not a list")
     if len(image_urls) > MAX_PHOTOS:
         raise BadImageUrls(f"image_urls has {len(image_urls)} photos; at most {MAX_PHOTOS} fit")
     return [bucket.key_for(url) for url in image_urls]

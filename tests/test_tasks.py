@@ -105,8 +105,9 @@ def test_an_uploaded_sku_becomes_the_same_collage_as_collage_make(
     [
         ([], "zara", "image_urls is empty"),
         (None, "zara", "image_urls is empty"),
-        ({"front": "x"}, "zara", "image_urls is a JSON dict, not a list"),
+        ({"front": "x"}, "zara", "image_urls is a JSON object, not a list"),
         ([1, 2], "zara", "image_urls holds 1, not a URL"),
+        ("s3://one/string.jpg", "zara", "image_urls is a JSON string, not a list"),
         (
             ["s3://{bucket}/missing.jpg"],
             "zara",
@@ -460,3 +461,15 @@ def test_the_hourly_retry_runs_as_a_job(
     assert (status, error) == ("error", "image_urls is empty")  # built again, failed again
     rounds = db.execute("SELECT rounds FROM collage_retry_rounds WHERE product_id = %s", [pid])
     assert rounds.fetchone() == (1,)
+
+
+def test_photos_too_big_in_total_are_refused_whatever_the_row_says(
+    db: psycopg.Connection, settings: Settings, s3, start_worker: StartWorker, monkeypatch
+) -> None:
+    urls = upload(s3, settings, {"a.jpg": jpeg(60, 80), "b.jpg": jpeg(60, 80, seed=9)})
+    monkeypatch.setattr(tasks, "MAX_SKU_BYTES", len(jpeg(60, 80)) + 10)
+    start_worker(settings)
+    pid = add_product(db, urls)
+    status, _, error = wait_settled(db, pid)
+    assert status == "error"
+    assert error == f"the photos add up to over {tasks.MAX_SKU_BYTES:,} bytes"
