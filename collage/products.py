@@ -1,7 +1,8 @@
 """SQL on raw_products, scraper_logs and the job ledger; bound parameters only.
 
-Every function takes an open async connection in autocommit mode (one statement, one
-transaction), so each works through PgBouncer's transaction pool.
+Every function takes an open async connection and leaves the transaction to its caller (a
+connection borrowed from the pool commits when it is returned); none relies on session state,
+so all work through PgBouncer's transaction pool.
 """
 
 from __future__ import annotations

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -85,17 +87,14 @@ async def build(context: JobContext, product_id: int, attempt: int = 0) -> str:
     """
     runtime = runtime_of(context)
     started = time.monotonic()
-    async with context.app.connector.pool.connection() as conn:  # type: ignore[attr-defined]
+    async with _connection(context) as conn:
         product = await products.fetch(conn, product_id)
     if product is None or product.image_status != "uploaded":
-        _log(
-            "collage skipped",
-            product_id,
-            outcome="skipped",
-            status=product and product.image_status,
-        )
+        status = product.image_status if product else "deleted"
+        _log("collage skipped", product_id, outcome="skipped", status=status)
         return "skipped"
-    outcome: products.Outcome
+    built: Built | None = None
+    failure: Exception | None = None
     try:
         built = await build_and_upload(runtime, product)
     except asyncio.CancelledError:
@@ -103,19 +102,25 @@ async def build(context: JobContext, product_id: int, attempt: int = 0) -> str:
         await asyncio.shield(_enqueue_again(context, product.id))
         raise
     except Exception as exc:
-        outcome = await _handle_failure(context, product, exc, attempt=attempt, started=started)
-    else:
-        async with context.app.connector.pool.connection() as conn:  # type: ignore[attr-defined]
+        failure = exc
+        if not isinstance(exc, CollageError):
+            logger.exception("unexpected error while building", extra={"product_id": product.id})
+    async with _connection(context) as conn, conn.transaction():
+        if built is not None:
             owned = await products.mark_ready(conn, product, collage_url=built.url)
-        outcome = products.Outcome(
-            product_id=product.id,
-            job_id=context.job.id,
-            outcome="built" if owned else "superseded",
-            photos=built.photos,
-            bytes_out=built.size,
-            duration_s=time.monotonic() - started,
+            outcome = products.Outcome(
+                product_id=product.id,
+                job_id=context.job.id,
+                outcome="built" if owned else "superseded",
+                photos=built.photos,
+                bytes_out=built.size,
+            )
+        else:
+            assert failure is not None
+            outcome = await _settle_failure(conn, product, failure, attempt=attempt)
+        outcome = dataclasses.replace(
+            outcome, job_id=context.job.id, duration_s=time.monotonic() - started
         )
-    async with context.app.connector.pool.connection() as conn:  # type: ignore[attr-defined]
         await products.record_outcome(conn, outcome)
     metrics.record_outcome(
         outcome.outcome, error_class=outcome.error_class, duration_s=outcome.duration_s or 0.0
@@ -176,42 +181,35 @@ def photo_keys(bucket: Bucket, image_urls: object) -> list[str]:
     return [bucket.key_for(url) for url in image_urls]
 
 
-async def _handle_failure(
-    context: JobContext,
-    product: products.Product,
-    exc: Exception,
-    *,
-    attempt: int,
-    started: float,
+async def _settle_failure(
+    conn: AsyncConnection, product: products.Product, exc: Exception, *, attempt: int
 ) -> products.Outcome:
     """Mark the SKU broken, or queue a later attempt for a failure that may pass."""
     message = exc.message if isinstance(exc, CollageError) else f"internal error: {exc!r}"
-    retry = not isinstance(exc, Permanent) and attempt + 1 < MAX_ATTEMPTS
-    if not isinstance(exc, CollageError):
-        logger.exception("unexpected error while building", extra={"product_id": product.id})
-    async with context.app.connector.pool.connection() as conn:  # type: ignore[attr-defined]
-        if retry:
-            await products.enqueue(
-                conn, product.id, attempt=attempt + 1, delay_s=backoff_s(attempt)
-            )
-            outcome = "retry"
-        else:
-            if not isinstance(exc, Permanent):
-                message = f"gave up after {attempt + 1} attempts: {message}"
-            marked = await products.mark_error(conn, product, message=message)
-            outcome = "error" if marked else "superseded"
+    if not isinstance(exc, Permanent) and attempt + 1 < MAX_ATTEMPTS:
+        await products.enqueue(conn, product.id, attempt=attempt + 1, delay_s=backoff_s(attempt))
+        outcome = "retry"
+    else:
+        if not isinstance(exc, Permanent):
+            message = f"gave up after {attempt + 1} attempts: {message}"
+        marked = await products.mark_error(conn, product, message=message)
+        outcome = "error" if marked else "superseded"
     return products.Outcome(
         product_id=product.id,
-        job_id=context.job.id,
+        job_id=None,
         outcome=outcome,
         error_class=type(exc).__name__,
         message=message,
-        duration_s=time.monotonic() - started,
     )
 
 
+def _connection(context: JobContext) -> AbstractAsyncContextManager[AsyncConnection]:
+    """Borrow a connection from the app's pool (the transaction-mode URL)."""
+    return context.app.connector.pool.connection()  # type: ignore[attr-defined, no-any-return]
+
+
 async def _enqueue_again(context: JobContext, product_id: int) -> None:
-    async with context.app.connector.pool.connection() as conn:  # type: ignore[attr-defined]
+    async with _connection(context) as conn:
         await products.enqueue(conn, product_id)
     _log("collage interrupted; queued again", product_id, outcome="interrupted")
 
@@ -229,7 +227,7 @@ def _log(message: str, product_id: int, **fields: object) -> None:
 async def sweep(context: JobContext, timestamp: int | None = None) -> list[int]:
     """Queue 'uploaded' SKUs that have no job, and log the batch to scraper_logs."""
     runtime = runtime_of(context)
-    async with context.app.connector.pool.connection() as conn:  # type: ignore[attr-defined]
+    async with _connection(context) as conn:
         return await run_sweep(conn, limit=runtime.settings.batch_size)
 
 
@@ -248,7 +246,7 @@ async def run_sweep(conn: AsyncConnection, *, limit: int) -> list[int]:
 )
 async def retry_errors(context: JobContext, timestamp: int | None = None) -> list[int]:
     """Give errored SKUs another round after a cool-down, a few rounds at most."""
-    async with context.app.connector.pool.connection() as conn:  # type: ignore[attr-defined]
+    async with _connection(context) as conn:
         ids = await products.requeue_errored(
             conn, limit=RETRY_BATCH, cooldown_s=RETRY_COOLDOWN_S, max_rounds=RETRY_MAX_ROUNDS
         )
@@ -268,7 +266,7 @@ async def rescue_stalled(context: JobContext, timestamp: int | None = None) -> l
         queue=QUEUE, task_name="collage.build", seconds_since_heartbeat=STALLED_AFTER_S
     )
     rescued: list[int] = []
-    async with context.app.connector.pool.connection() as conn:  # type: ignore[attr-defined]
+    async with _connection(context) as conn:
         for job in stalled:
             await manager.finish_job(job, status=Status.FAILED, delete_job=False)
             product_id = int(job.task_kwargs["product_id"])
@@ -289,7 +287,7 @@ async def cleanup(context: JobContext, timestamp: int | None = None) -> int:
     await context.app.job_manager.delete_old_jobs(
         nb_hours=RETENTION_HOURS, include_failed=True, include_cancelled=True, include_aborted=True
     )
-    async with context.app.connector.pool.connection() as conn:  # type: ignore[attr-defined]
+    async with _connection(context) as conn:
         await conn.execute(
             "DELETE FROM collage_outcomes WHERE finished_at < now() - %s * interval '1 hour'",
             [RETENTION_HOURS],
