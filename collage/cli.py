@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import click
 import psycopg
 
-from collage import health, imaging, logs, migrate, queue
+from collage import health, logs, migrate, queue
 from collage.errors import CollageError, ConfigError
 from collage.settings import Settings, redact
 
@@ -105,7 +105,11 @@ def migrate_command(show_status: bool) -> None:
 )
 def worker_command(concurrency: int | None, graceful_timeout: float) -> None:
     """Run the worker: build collages as SKUs are uploaded, and the periodic tasks."""
-    from collage import metrics, worker  # the worker's imports are heavier than the CLI's
+    # Let Pillow keep freed canvas memory between jobs instead of faulting fresh pages in each
+    # time: about 25 % less CPU per collage for at most 512 MB kept (docs in README, Performance).
+    # It is read when Pillow is imported, which the next line does.
+    os.environ.setdefault("PILLOW_BLOCKS_MAX", "32")
+    from collage import metrics, worker
 
     settings = load_settings()
     exporter = None
@@ -130,6 +134,8 @@ def worker_command(concurrency: int | None, graceful_timeout: float) -> None:
 @click.option("-q", "--quality", type=click.IntRange(1, 100), default=95, show_default=True)
 def make_command(photos: tuple[Path, ...], output: Path, quality: int) -> None:
     """Build a collage from local files, exactly as the worker would."""
+    from collage import imaging
+
     try:
         data = [path.read_bytes() for path in photos]
     except OSError as exc:
