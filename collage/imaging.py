@@ -12,8 +12,8 @@ from PIL import ExifTags, Image, ImageCms, ImageFile
 
 from collage.errors import NoPhotos, PhotoUnreadable, TooLarge
 
-# Upscaling from 0.6x and 0.8x, BICUBIC is within 0.2 dB of LANCZOS for 25-30 % less CPU, while
-# BILINEAR loses about 1 dB more (bin/bench-imaging --filters; docs-imaging.md).
+# Upscaling from 0.6x and 0.8x, BICUBIC comes within 0.4-0.7 dB of LANCZOS for 27 % less CPU;
+# BILINEAR saves a third more and loses 0.9-1.6 dB (bin/bench-imaging --filters, docs/imaging.md).
 RESAMPLING = Image.Resampling.BICUBIC
 
 # What scraped product photos come as; EPS and the rare plugins are left out on purpose (EPS
@@ -39,9 +39,9 @@ class Limits:
 
     # Decompression bombs; checked before Pillow decodes a byte of pixels.
     max_photo_pixels: int = 100_000_000
-    # Pillow keeps RGB at 4 bytes a pixel: 250 MP is a 1.0 GB canvas, and at most 0.4 GB more for
-    # the photo being decoded and its scaled copy, so two concurrent jobs stay under 3 GB and
-    # inside a 4 GB worker.
+    # Pillow keeps RGB at 4 bytes a pixel: 250 MP is a 1.0 GB canvas; with the photo being
+    # decoded (at most 0.4 GB) and its scaled copy a job peaks near 1.5 GB, so two concurrent
+    # jobs fit a 4 GB worker.
     max_canvas_pixels: int = 250_000_000
     # JPEG cannot encode a side longer than 65,535 px; libjpeg refuses more than 65,500.
     max_side: int = 65_500
@@ -62,7 +62,9 @@ class Layout:
 
 @dataclass(frozen=True)
 class _Photo:
-    image: ImageFile.ImageFile  # opened, header read, pixels not decoded yet
+    """A photo whose header has been read and whose pixels are not decoded yet."""
+
+    image: ImageFile.ImageFile
     label: str
     orientation: int
 
@@ -115,9 +117,9 @@ def build_collage(
             photo.image.close()  # opened still refers to it: free the pixels now
             x += width
     out = io.BytesIO()
-    # Baseline and not optimized: progressive costs 6x the encoding time and a whole-image buffer,
-    # optimize 2.8x the time, for files 13-15 % smaller (docs-imaging.md). comment=b"" keeps a
-    # source JPEG's comment out of a single-photo collage.
+    # Baseline, not optimized: at 60 MP progressive takes 5.9x the encoding CPU and 340 MiB more
+    # memory for files 8 % smaller, optimize 2.9x and 340 MiB for 4 % (docs/imaging.md).
+    # comment=b"" keeps a source JPEG's comment out of a single-photo collage.
     collage.save(
         out, "JPEG", quality=quality, subsampling=0, icc_profile=srgb.tobytes(), comment=b""
     )
@@ -163,8 +165,9 @@ def _open(data: bytes, label: str, limits: Limits) -> _Photo:
 
 def _orientation(image: ImageFile.ImageFile) -> int:
     """Return the EXIF orientation 1-8, or 1 where the header has none a browser would use."""
+    # Pillow turns a TIFF upright itself, in .size from the header on (Pillow 11) and in pixels.
     # A PNG's getexif() decodes the whole image to look for an eXIf chunk after the pixels.
-    if image.format == "PNG" and "exif" not in image.info:
+    if image.format == "TIFF" or (image.format == "PNG" and "exif" not in image.info):
         return 1
     try:
         value = image.getexif().get(ExifTags.Base.Orientation, 1)
@@ -205,7 +208,7 @@ def _decode(photo: _Photo, srgb: ImageCms.ImageCmsProfile) -> Image.Image:
         raise PhotoUnreadable(f"{photo.label} cannot be decoded: {_one_line(exc)}") from exc
     if image is not photo.image:
         photo.image.close()
-    if transpose := _TRANSPOSE.get(photo.orientation):
+    if (transpose := _TRANSPOSE.get(photo.orientation)) is not None:
         image = image.transpose(transpose)
     return image
 
@@ -219,8 +222,11 @@ def _to_srgb(image: Image.Image, srgb: ImageCms.ImageCmsProfile) -> Image.Image:
         alpha = image.getchannel("A")
         image = image.convert(image.mode[:-1])
     if image.mode in _SIXTEEN_BIT:
-        # Scale 16 bits to 8 (0-65535 to 0-255, rounded); convert("L") would clip at 255.
-        image = image.convert("I").point(lambda v: v / 257 + 0.5).convert("L")
+        # Scale 0-65535 to 0-255, rounded (convert("L") would clip at 255); "I" is taken to hold
+        # 16-bit values too, as Pillow gives for 16-bit PNGs and TIFFs.
+        if image.mode not in ("I;16", "I"):
+            image = image.convert("I")  # point() takes no other byte order
+        image = image.point(lambda v: v / 257 + 0.5).convert("L")
     elif image.mode not in _PROFILE_SPACE:
         image = image.convert("RGB")  # 1, P, YCbCr, RGBX...: no profile applies to these
     transform = _srgb_transform(image, srgb)
@@ -252,7 +258,10 @@ def _srgb_transform(
             space == "RGB" and "sRGB" in (profile.profile.profile_description or "")
         ):
             return None
-        return ImageCms.buildTransform(profile, srgb, image.mode, "RGB")
+        # Relative colorimetric with black-point compensation, Photoshop's default: CMYK's
+        # deepest black becomes sRGB's black instead of a grey (no-op for RGB matrix profiles).
+        intent, flags = ImageCms.Intent.RELATIVE_COLORIMETRIC, ImageCms.Flags.BLACKPOINTCOMPENSATION
+        return ImageCms.buildTransform(profile, srgb, image.mode, "RGB", intent, flags=flags)
     except (OSError, ImageCms.PyCMSError):
         return None  # browsers show a photo with a broken or mismatched profile as sRGB
 
