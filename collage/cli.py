@@ -17,7 +17,7 @@ import click
 import psycopg
 
 from collage import health, logs, migrate, queue
-from collage.errors import CollageError, ConfigError
+from collage.errors import CollageError, ConfigError, one_line
 from collage.settings import Settings, redact
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -47,8 +47,7 @@ def database_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except psycopg.OperationalError as exc:
-            first_line = (str(exc).strip().splitlines() or ["unknown error"])[0]
-            raise Fail(f"database unavailable: {first_line}") from None
+            raise Fail(f"database unavailable: {one_line(exc)}") from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -123,7 +122,11 @@ def worker_command(concurrency: int | None, graceful_timeout: float) -> None:
             middleware=exporter.middleware if exporter else (),
         )
     )
-    sys.exit(code)
+    # Exit now rather than let the interpreter join threads still stuck in an abandoned S3 call
+    # (bounded by its timeouts, but past a container's stop grace period): their jobs are queued
+    # again and every database write has been awaited.
+    logging.shutdown()
+    os._exit(code)
 
 
 @main.command("make")

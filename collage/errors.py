@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 
+def one_line(exc: BaseException) -> str:
+    """Return an exception's message on one line, for logs and error_message, never a traceback."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 class CollageError(Exception):
     """A collage could not be built."""
 

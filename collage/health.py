@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import psycopg
 
 from collage import queue
+from collage.errors import one_line
 from collage.settings import Settings, redact
 from collage.storage import Bucket
 
@@ -38,8 +39,7 @@ def _check(name: str, probe: Callable[[], str]) -> Check:
     try:
         return Check(name, True, probe())
     except Exception as exc:  # any failure is the answer to the check
-        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return Check(name, False, detail)
+        return Check(name, False, one_line(exc))
 
 
 def _database(dsn: str) -> str:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from PIL import ExifTags, Image, ImageCms, ImageFile
 
-from collage.errors import NoPhotos, PhotoUnreadable, TooLarge
+from collage.errors import NoPhotos, PhotoUnreadable, TooLarge, one_line
 
 # Upscaling from 0.6x and 0.8x, BICUBIC comes within 0.4-0.7 dB of LANCZOS for 27 % less CPU;
 # BILINEAR saves a third more and loses 0.9-1.6 dB (bin/bench-imaging --filters, docs/imaging.md).
@@ -150,7 +150,7 @@ def _open(data: bytes, label: str, limits: Limits) -> _Photo:
             + (f" starting {data[:24]!r}" if data else "")
         ) from None
     except Exception as exc:  # Pillow raises many kinds on malformed headers
-        raise PhotoUnreadable(f"{label} cannot be read: {_one_line(exc)}") from exc
+        raise PhotoUnreadable(f"{label} cannot be read: {one_line(exc)}") from exc
     photo = _Photo(image, label, orientation)
     width, height = photo.size
     if width < 1 or height < 1:
@@ -205,7 +205,7 @@ def _decode(photo: _Photo, srgb: ImageCms.ImageCmsProfile) -> Image.Image:
     except MemoryError:
         raise
     except Exception as exc:  # truncated or corrupt data; Pillow raises many kinds
-        raise PhotoUnreadable(f"{photo.label} cannot be decoded: {_one_line(exc)}") from exc
+        raise PhotoUnreadable(f"{photo.label} cannot be decoded: {one_line(exc)}") from exc
     if image is not photo.image:
         photo.image.close()
     if (transpose := _TRANSPOSE.get(photo.orientation)) is not None:
@@ -264,8 +264,3 @@ def _srgb_transform(
         return ImageCms.buildTransform(profile, srgb, image.mode, "RGB", intent, flags=flags)
     except (OSError, ImageCms.PyCMSError):
         return None  # browsers show a photo with a broken or mismatched profile as sRGB
-
-
-def _one_line(exc: BaseException) -> str:
-    """Return an exception's message on one line, without traceback text."""
-    return " ".join(str(exc).split()) or type(exc).__name__

@@ -53,8 +53,9 @@ class Bucket:
             region_name=settings.s3_region,
             config=Config(
                 s3={"addressing_style": "path"},
+                # A stalled S3 costs a job at most ~3 x 20 s before it is retried later.
                 connect_timeout=5,
-                read_timeout=30,
+                read_timeout=20,
                 retries={"mode": "standard", "max_attempts": 3},
                 max_pool_connections=32,
             ),
@@ -131,7 +132,10 @@ def key_for_url(url: object, *, bucket: str, endpoint: str, public_url: str) -> 
         if path.startswith(bucket_prefix):
             return _checked_key(path[len(bucket_prefix) :], url)
         raise ForeignUrl(f"{url} is not in bucket {bucket!r}")
-    raise ForeignUrl(f"{url} is not on {endpoint_parts.netloc} or {public_parts.netloc}")
+    hosts = dict.fromkeys(
+        [endpoint_parts.netloc, f"{bucket}.{endpoint_parts.netloc}", public_parts.netloc]
+    )
+    raise ForeignUrl(f"{url} is not on {' or '.join(hosts)}")
 
 
 def _checked_key(path: str, url: str) -> str:

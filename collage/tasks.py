@@ -7,23 +7,34 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
+import psycopg
 from procrastinate import JobContext
 from procrastinate.jobs import Status
 from psycopg import AsyncConnection
 
 from collage import imaging, metrics, products
 from collage.app import QUEUE, app
-from collage.errors import BadImageUrls, CollageError, NoPhotos, Permanent, TooLarge
+from collage.errors import (
+    BadImageUrls,
+    CollageError,
+    NoPhotos,
+    Permanent,
+    TooLarge,
+    one_line,
+)
 from collage.settings import Settings, from_environment
 from collage.storage import Bucket, collage_key
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Transient failures: retried 5 times, 15 s to 4 min apart, before the SKU is marked 'error'.
 MAX_ATTEMPTS = 6
@@ -38,6 +49,7 @@ _JSON_TYPES = {dict: "object", str: "string", int: "number", float: "number", bo
 RETRY_COOLDOWN_S = 3600
 RETRY_BATCH = 50
 RETRY_MAX_ROUNDS = 3
+DB_RETRY_FOR_S = 60.0  # how long a build keeps retrying a database step after a dropped connection
 STALLED_AFTER_S = 60  # without a worker heartbeat (sent every 10 s)
 RETENTION_HOURS = 24 * 14
 SCRATCH_MAX_AGE_S = 24 * 3600
@@ -45,10 +57,22 @@ SCRATCH_MAX_AGE_S = 24 * 3600
 
 @dataclass(frozen=True)
 class Runtime:
-    """What a job needs besides the database: the settings and the bucket."""
+    """What a job needs besides the database: the settings, the bucket, and threads to block in.
+
+    Blocking work (S3 calls, Pillow) runs on this executor rather than asyncio's default one,
+    so that a worker shutting down does not have to wait for an abandoned S3 call.
+    """
 
     settings: Settings
     bucket: Bucket
+    executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(thread_name_prefix="collage")
+    )
+
+    async def run(self, func: Callable[..., T], /, *args: object, **kwargs: object) -> T:
+        """Run a blocking call on the executor."""
+        call = functools.partial(func, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, call)
 
 
 @dataclass(frozen=True)
@@ -87,8 +111,12 @@ async def build(context: JobContext, product_id: int, attempt: int = 0) -> str:
     """
     runtime = runtime_of(context)
     started = time.monotonic()
-    async with _connection(context) as conn:
-        product = await products.fetch(conn, product_id)
+
+    async def read() -> products.Product | None:
+        async with _connection(context) as conn:
+            return await products.fetch(conn, product_id)
+
+    product = await _retry_db(read, product_id=product_id, step="read the SKU")
     if product is None or product.image_status != "uploaded":
         status = product.image_status if product else "deleted"
         _log("collage skipped", product_id, outcome="skipped", status=status)
@@ -105,23 +133,29 @@ async def build(context: JobContext, product_id: int, attempt: int = 0) -> str:
         failure = exc
         if not isinstance(exc, CollageError):
             logger.exception("unexpected error while building", extra={"product_id": product.id})
-    async with _connection(context) as conn, conn.transaction():
-        if built is not None:
-            owned = await products.mark_ready(conn, product, collage_url=built.url)
-            outcome = products.Outcome(
-                product_id=product.id,
-                job_id=context.job.id,
-                outcome="built" if owned else "superseded",
-                photos=built.photos,
-                bytes_out=built.size,
+
+    async def settle() -> products.Outcome:
+        async with _connection(context) as conn, conn.transaction():
+            if built is not None:
+                owned = await products.mark_ready(conn, product, collage_url=built.url)
+                outcome = products.Outcome(
+                    product_id=product.id,
+                    job_id=None,
+                    outcome="built" if owned else "superseded",
+                    photos=built.photos,
+                    bytes_out=built.size,
+                )
+            else:
+                assert failure is not None
+                outcome = await _settle_failure(conn, product, failure, attempt=attempt)
+            outcome = dataclasses.replace(
+                outcome, job_id=context.job.id, duration_s=time.monotonic() - started
             )
-        else:
-            assert failure is not None
-            outcome = await _settle_failure(conn, product, failure, attempt=attempt)
-        outcome = dataclasses.replace(
-            outcome, job_id=context.job.id, duration_s=time.monotonic() - started
-        )
-        await products.record_outcome(conn, outcome)
+            await products.record_outcome(conn, outcome)
+            return outcome
+
+    # Writing the result again after a dropped connection is safe: the write is guarded.
+    outcome = await _retry_db(settle, product_id=product.id, step="record the result")
     metrics.record_outcome(
         outcome.outcome, error_class=outcome.error_class, duration_s=outcome.duration_s or 0.0
     )
@@ -152,7 +186,7 @@ async def build_and_upload(runtime: Runtime, product: products.Product) -> Built
     async def download(photo_key: str) -> bytes:
         nonlocal downloaded
         async with limit:
-            data = await asyncio.to_thread(bucket.get, photo_key)
+            data = await runtime.run(bucket.get, photo_key)
         metrics.BYTES_DOWNLOADED.inc(len(data))
         downloaded += len(data)
         if downloaded > MAX_SKU_BYTES:
@@ -160,11 +194,11 @@ async def build_and_upload(runtime: Runtime, product: products.Product) -> Built
         return data
 
     photos = await asyncio.gather(*(download(k) for k in keys))
-    jpeg = await asyncio.to_thread(
+    jpeg = await runtime.run(
         imaging.build_collage, photos, quality=settings.collage_quality, names=keys
     )
     del photos
-    await asyncio.to_thread(bucket.put_jpeg, key, jpeg)
+    await runtime.run(bucket.put_jpeg, key, jpeg)
     metrics.BYTES_UPLOADED.inc(len(jpeg))
     return Built(url=bucket.public_url_for(key), photos=len(keys), size=len(jpeg))
 
@@ -201,6 +235,34 @@ async def _settle_failure(
         error_class=type(exc).__name__,
         message=message,
     )
+
+
+async def _retry_db(step_call: Callable[[], Awaitable[T]], *, product_id: int, step: str) -> T:
+    """Run a database step again after a dropped connection or a restart, for a minute at most.
+
+    Without this, a connection killed under a build would fail the job and leave its SKU
+    'uploaded' with no job until the next sweep.
+    """
+    deadline = time.monotonic() + DB_RETRY_FOR_S
+    delay = 0.1
+    while True:
+        try:
+            return await step_call()
+        except psycopg.OperationalError as exc:  # includes PoolTimeout and AdminShutdown
+            if time.monotonic() + delay > deadline:
+                raise
+            logger.warning(
+                "database step failed; retrying",
+                extra={
+                    "action": "build_collage",
+                    "product_id": product_id,
+                    "step": step,
+                    "error": one_line(exc),
+                    "retry_in_s": delay,
+                },
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def _connection(context: JobContext) -> AbstractAsyncContextManager[AsyncConnection]:
@@ -283,7 +345,7 @@ async def rescue_stalled(context: JobContext, timestamp: int | None = None) -> l
 async def cleanup(context: JobContext, timestamp: int | None = None) -> int:
     """Delete day-old scratch files and prune finished jobs and outcomes past retention."""
     runtime = runtime_of(context)
-    removed = await asyncio.to_thread(remove_old_files, runtime.settings.temp_dir)
+    removed = await runtime.run(remove_old_files, runtime.settings.temp_dir)
     await context.app.job_manager.delete_old_jobs(
         nb_hours=RETENTION_HOURS, include_failed=True, include_cancelled=True, include_aborted=True
     )

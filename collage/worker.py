@@ -28,6 +28,7 @@ EXIT_OK = 0
 EXIT_GAVE_UP = 1
 GRACEFUL_TIMEOUT_S = 60.0
 RESTART_DELAY_MAX_S = 10.0
+SHUTDOWN_SLACK_S = 10.0  # beyond the grace period, for Procrastinate to record what it aborted
 
 
 async def supervise(
@@ -66,6 +67,7 @@ async def supervise(
                 "worker keeps failing; giving up",
                 extra={"action": "supervise", "error": error, "failing_s": give_up_after_s},
             )
+            runtime.executor.shutdown(wait=False, cancel_futures=True)
             return EXIT_GAVE_UP
         logger.warning(
             "worker stopped unexpectedly; restarting",
@@ -74,6 +76,9 @@ async def supervise(
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=delay)
         delay = min(delay * 2, RESTART_DELAY_MAX_S)
+    # An S3 call abandoned at shutdown may still hang in a thread: do not wait for it, its job
+    # has been queued again already.
+    runtime.executor.shutdown(wait=False, cancel_futures=True)
     logger.info("worker stopped", extra={"action": "supervise"})
     return EXIT_OK
 
@@ -110,8 +115,9 @@ async def _run_once(
                 if not worker.done():
                     logger.info("draining running jobs", extra={"action": "supervise"})
                     worker.cancel()  # Procrastinate turns this into a graceful stop
-                with contextlib.suppress(asyncio.CancelledError):
-                    await worker
+                # Bounded: with the database gone, Procrastinate's own clean-up would wait on it.
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                    await asyncio.wait_for(worker, timeout=graceful_timeout_s + SHUTDOWN_SLACK_S)
                 return None if stop.is_set() else "the worker returned on its own"
         except asyncio.CancelledError:
             raise
