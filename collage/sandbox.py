@@ -191,7 +191,7 @@ def _wait_for_pgbouncer(bouncer: PgBouncer) -> None:
 S3_KEY = "sandbox"
 
 
-def s3_client(endpoint: str) -> Any:
+def s3_client(endpoint: str, **options: Any) -> Any:
     """A boto3 client for the sandbox S3 server, addressed as production addresses its S3."""
     import boto3  # only the tools that start a sandbox need a bare client
 
@@ -201,6 +201,7 @@ def s3_client(endpoint: str) -> Any:
         aws_access_key_id=S3_KEY,
         aws_secret_access_key=S3_KEY,
         region_name="us-east-1",
+        **options,
     )
 
 

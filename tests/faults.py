@@ -23,14 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import boto3
 import psycopg
-import pytest
 from PIL import Image
 
 from collage import sandbox
 
-S3_KEY = "testing"  # moto accepts any credentials
+S3_KEY = sandbox.S3_KEY
 PG_BINDIRS = ("/usr/lib/postgresql/15/bin", *sorted(glob.glob("/usr/lib/postgresql/*/bin")))
 
 
@@ -43,23 +41,9 @@ def pg_bindir() -> Path | None:
     return Path(found).parent if found else None
 
 
-def missing(what: str) -> None:
-    """Skip on a laptop; fail in CI, where a missing service is a broken set-up."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{what} is not available (CI must provide it)", pytrace=False)
-    pytest.skip(f"{what} is not available")
-
-
 def s3_client(endpoint: str, **config: Any) -> Any:
     """A boto3 client on the test S3 server (or a proxy in front of it)."""
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=S3_KEY,
-        aws_secret_access_key=S3_KEY,
-        region_name="us-east-1",
-        **config,
-    )
+    return sandbox.s3_client(endpoint, **config)
 
 
 def _as_postgres(command: list[str]) -> list[str]:

@@ -35,6 +35,7 @@ from psycopg.types.json import Jsonb
 from collage import migrate, sandbox, storage, tasks
 from collage.errors import CollageError, Transient, UnsafeKey
 from collage.settings import Settings
+from tests.conftest import missing_service
 from tests.faults import (
     S3_KEY,
     Cluster,
@@ -47,7 +48,6 @@ from tests.faults import (
     first_true,
     listen_pids,
     mean_rgb,
-    missing,
     overlapping_builds,
     pg_bindir,
     pickup_delay_s,
@@ -74,7 +74,7 @@ def cluster() -> Iterator[Cluster]:
     """A PostgreSQL cluster these tests may restart; shared by the module, deleted after."""
     bindir = pg_bindir()
     if bindir is None:
-        missing("PostgreSQL's initdb and pg_ctl (apt-get install postgresql-15)")
+        missing_service("PostgreSQL's initdb and pg_ctl (apt-get install postgresql-15)")
     assert bindir is not None
     with throwaway_cluster(bindir) as made:
         yield made
@@ -322,7 +322,7 @@ def test_the_worker_recovers_by_itself_from_a_database_outage(
     db_url = session_url = rig.dsn
     if outage == "pgbouncer-restart":
         if sandbox.pgbouncer_binary() is None:
-            missing("pgbouncer (apt-get install pgbouncer)")
+            missing_service("pgbouncer (apt-get install pgbouncer)")
         bouncers = [
             sandbox.start_pgbouncer(cluster.dsn, mode="transaction"),
             sandbox.start_pgbouncer(cluster.dsn, mode="session"),
