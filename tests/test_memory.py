@@ -1,0 +1,82 @@
+"""A worker at concurrency 2 on SKUs at the canvas limit stays inside its container's 4 GB."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+from PIL import Image
+
+from collage import imaging, sandbox
+from collage.settings import Settings
+from tests.test_cli import env_of
+from tests.test_tasks import add_product, upload
+
+WORKER_LIMIT_BYTES = 4 * 1024**3
+
+
+def _peak_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM in /proc")
+
+
+def _big_photo(width: int, height: int) -> bytes:
+    noise = Image.effect_noise((width // 8, height // 8), 50).resize((width, height))
+    out = io.BytesIO()
+    Image.merge("RGB", (noise, noise.rotate(90, expand=False), noise)).save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+@pytest.mark.slow
+def test_two_collages_at_the_canvas_limit_fit_in_a_4_gb_worker(
+    db: psycopg.Connection, settings: Settings, s3
+) -> None:
+    # 12 photos of 4000x5000 make a 48,000 x 5,000 collage: 240 MP, just under the 250 MP budget.
+    width, height, count = 4000, 5000, 12
+    assert width * count * height <= imaging.Limits().max_canvas_pixels
+    data = _big_photo(width, height)
+    urls = upload(s3, settings, {f"big/{n}.jpg": data for n in range(count)})
+    worker = subprocess.Popen(
+        [str(Path(sys.executable).parent / "collage"), "worker", "-c", "2"],
+        env={**os.environ, **env_of(settings)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        ids = [add_product(db, urls, external_id=f"BIG-{n}") for n in range(2)]
+        sandbox.wait_until(
+            lambda: (
+                db.execute(
+                    "SELECT count(*) FROM raw_products WHERE id = ANY(%s)"
+                    " AND image_status <> 'uploaded'",
+                    [ids],
+                ).fetchone()[0]
+                == 2
+            ),
+            timeout=240,
+            what="two 240 MP collages",
+        )
+        peak = _peak_rss(worker.pid)
+        overlapped = db.execute(
+            "SELECT count(*) FROM collage_outcomes a JOIN collage_outcomes b ON a.id < b.id"
+            " WHERE a.finished_at - make_interval(secs => a.duration_s) < b.finished_at"
+            " AND b.finished_at - make_interval(secs => b.duration_s) < a.finished_at"
+        ).fetchone()[0]
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, stderr = worker.communicate(timeout=120)
+    statuses = db.execute(
+        "SELECT image_status, error_message FROM raw_products WHERE id = ANY(%s)", [ids]
+    ).fetchall()
+    assert statuses == [("collage_ready", None)] * 2, stderr.decode()[-2000:]
+    print(f"\nworker peak RSS {peak / 1024**2:,.0f} MiB for two 240 MP collages at once")
+    assert overlapped == 1, "the two builds did not run at the same time"
+    assert peak < WORKER_LIMIT_BYTES
