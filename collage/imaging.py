@@ -37,12 +37,15 @@ _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 class Limits:
     """Refuse a SKU, from its headers, before it can exhaust a worker or the JPEG format."""
 
-    # Decompression bombs; checked before Pillow decodes a byte of pixels.
-    max_photo_pixels: int = 100_000_000
-    # Pillow keeps RGB at 4 bytes a pixel: 250 MP is a 1.0 GB canvas; with the photo being
-    # decoded (at most 0.4 GB) and its scaled copy a job peaks near 1.5 GB, so two concurrent
-    # jobs fit a 4 GB worker.
-    max_canvas_pixels: int = 250_000_000
+    # Decompression bombs; checked before Pillow decodes a byte of pixels. 64 MP keeps every
+    # camera a studio uses (61 MP at most) and bounds a photo's copies (decode, colour, turn).
+    max_photo_pixels: int = 64_000_000
+    # Pillow keeps RGB at 4 bytes a pixel: 150 MP is a 0.6 GB canvas. Measured worst cases at
+    # the old 250 MP / 100 MP limits peaked at 1.87 GB (a small photo upscaled to most of the
+    # canvas) and 1.66 GB (a 100 MP CMYK photo turned by EXIF): too close to 4 GB for two
+    # jobs. These limits keep one job near 1.1 GB, two well inside a 4 GB worker
+    # (tests/test_memory.py).
+    max_canvas_pixels: int = 150_000_000
     # JPEG cannot encode a side longer than 65,535 px; libjpeg refuses more than 65,500.
     max_side: int = 65_500
 
