@@ -11,8 +11,8 @@ import asyncio
 import contextlib
 import logging
 import signal
-import time
 from collections.abc import Sequence
+from time import monotonic
 from typing import Any
 
 from procrastinate.middleware import WorkerMiddleware
@@ -27,7 +27,9 @@ logger = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_GAVE_UP = 1
 GRACEFUL_TIMEOUT_S = 60.0
+RESTART_DELAY_MIN_S = 0.2
 RESTART_DELAY_MAX_S = 10.0
+HEALTHY_RUN_S = 60.0  # a run at least this long resets the give-up clock
 SHUTDOWN_SLACK_S = 10.0  # beyond the grace period, for Procrastinate to record what it aborted
 
 
@@ -43,26 +45,29 @@ async def supervise(
 ) -> int:
     """Run the worker until `stop` is set (SIGTERM/SIGINT by default); return an exit code."""
     stop = stop or _stop_on_signals()
+    if concurrency:  # the connection pool is sized from the settings
+        settings = settings.replace(worker_concurrency=concurrency)
     runtime = Runtime(settings=settings, bucket=Bucket.from_settings(settings))
-    delay = 0.2
+    delay = RESTART_DELAY_MIN_S
     failing_since: float | None = None
     while not stop.is_set():
-        started = time.monotonic()
+        started = monotonic()
         error = await _run_once(
             settings,
             runtime=runtime,
             stop=stop,
-            concurrency=concurrency or settings.worker_concurrency,
             graceful_timeout_s=graceful_timeout_s,
             middleware=middleware,
             worker_options=worker_options or {},
         )
         if stop.is_set():
             break
-        if time.monotonic() - started > 60:
-            failing_since, delay = None, 0.2  # it ran a good while: a fresh outage
-        failing_since = failing_since or started
-        if time.monotonic() - failing_since > give_up_after_s:
+        now = monotonic()
+        if now - started > HEALTHY_RUN_S:  # it ran a good while: this is a fresh outage
+            failing_since, delay = None, RESTART_DELAY_MIN_S
+        if failing_since is None:
+            failing_since = now
+        if now - failing_since > give_up_after_s:
             logger.error(
                 "worker keeps failing; giving up",
                 extra={"action": "supervise", "error": error, "failing_s": give_up_after_s},
@@ -88,7 +93,6 @@ async def _run_once(
     *,
     runtime: Runtime,
     stop: asyncio.Event,
-    concurrency: int,
     graceful_timeout_s: float,
     middleware: Sequence[WorkerMiddleware],
     worker_options: dict[str, Any],
@@ -100,7 +104,7 @@ async def _run_once(
                 worker = asyncio.create_task(
                     app.run_worker_async(
                         queues=[QUEUE],
-                        concurrency=concurrency,
+                        concurrency=settings.worker_concurrency,
                         install_signal_handlers=False,
                         shutdown_graceful_timeout=graceful_timeout_s,
                         additional_context={"runtime": runtime},
