@@ -23,6 +23,12 @@ QUEUE = "collage"
 # A job held back by its SKU's lock starts at the next poll, not on a notification.
 POLLING_INTERVAL_S = 1.0
 LISTEN_RECONNECT_MAX_S = 5.0
+# A worker whose heartbeat (every 10 s) is older than this is dead: its jobs are rescued. It must
+# exceed the drain at shutdown (60 s grace + 10 s), during which Procrastinate sends none.
+# migrations/003_inspection_views.sql says the same in SQL.
+STALLED_WORKER_S = 120
+# Maintenance jobs go ahead of a backlog of builds (Procrastinate takes higher priority first).
+MAINTENANCE_PRIORITY = 100
 
 
 class SplitConnector(procrastinate.PsycopgConnector):
@@ -95,5 +101,6 @@ app = procrastinate.App(
         "queues": [QUEUE],
         "fetch_job_polling_interval": POLLING_INTERVAL_S,
         "shutdown_graceful_timeout": 60,
+        "stalled_worker_timeout": STALLED_WORKER_S,
     },
 )

@@ -93,35 +93,37 @@ class QueueCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         depth = GaugeMetricFamily(
-            "collage_queue_jobs", "Jobs in the queue by status.", labels=["status"]
+            "collage_queue_jobs", "Build and maintenance jobs by state.", labels=["state"]
         )
         oldest = GaugeMetricFamily(
             "collage_oldest_waiting_seconds", "Age of the oldest job due and not yet started."
         )
         up = GaugeMetricFamily("collage_queue_up", "1 if the queue could be read.")
         try:
-            with psycopg.connect(
-                self.dsn, connect_timeout=3, prepare_threshold=None, autocommit=True
-            ) as conn:
-                conn.execute("SET statement_timeout = '3s'")
-                for status, count in conn.execute(
-                    "SELECT status::text, count(*) FROM procrastinate_jobs"
-                    " WHERE status IN ('todo', 'doing') GROUP BY 1"
-                ):
-                    depth.add_metric([status], count)
+            with (
+                psycopg.connect(
+                    self.dsn, connect_timeout=3, prepare_threshold=None, autocommit=True
+                ) as conn,
+                conn.transaction(),
+            ):
+                # SET LOCAL: a plain SET would stay on a transaction-pool server connection.
+                conn.execute("SET LOCAL statement_timeout = '3s'")
                 row = conn.execute(
-                    "SELECT coalesce(extract(epoch FROM now() - min(e.at)), 0)"
-                    "  FROM procrastinate_jobs j JOIN procrastinate_events e"
-                    "    ON e.job_id = j.id AND e.type = 'deferred'"
-                    " WHERE j.status = 'todo'"
-                    "   AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())"
+                    "SELECT waiting, retry_later, running, stalled,"
+                    " coalesce(extract(epoch FROM oldest_waiting_for), 0)"
+                    " FROM collage_queue_summary"
                 ).fetchone()
-                oldest.add_metric([], float(row[0]) if row else 0.0)
-            up.add_metric([], 1)
         except psycopg.Error:
             up.add_metric([], 0)
             yield up
             return
+        assert row is not None
+        for state, value in zip(
+            ("waiting", "retry_later", "running", "stalled"), row, strict=False
+        ):
+            depth.add_metric([state], value)
+        oldest.add_metric([], float(row[4]))
+        up.add_metric([], 1)
         yield from (depth, oldest, up)
 
 

@@ -13,6 +13,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from collage.app import QUEUE, STALLED_WORKER_S
+
 Row = dict[str, Any]
 
 
@@ -54,8 +56,9 @@ def stalled(conn: psycopg.Connection[Row]) -> list[Row]:
         "SELECT j.id AS job_id, (j.args ->> 'product_id')::bigint AS product_id, j.worker_id,"
         " w.last_heartbeat FROM procrastinate_jobs j"
         " LEFT JOIN procrastinate_workers w ON w.id = j.worker_id"
-        " WHERE j.status = 'doing' AND j.queue_name = 'collage'"
-        " AND (w.id IS NULL OR w.last_heartbeat < now() - interval '60 seconds')"
+        " WHERE j.status = 'doing' AND j.queue_name = %s"
+        " AND (w.id IS NULL OR w.last_heartbeat < now() - %s * interval '1 second')",
+        [QUEUE, STALLED_WORKER_S],
     ).fetchall()
 
 

@@ -13,15 +13,16 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 from procrastinate import JobContext
+from procrastinate.exceptions import ConnectorException
 from procrastinate.jobs import Status
 from psycopg import AsyncConnection
 
 from collage import imaging, metrics, products
-from collage.app import QUEUE, app
+from collage.app import MAINTENANCE_PRIORITY, QUEUE, STALLED_WORKER_S, app
 from collage.errors import (
     BadImageUrls,
     CollageError,
@@ -50,7 +51,6 @@ RETRY_COOLDOWN_S = 3600
 RETRY_BATCH = 50
 RETRY_MAX_ROUNDS = 3
 DB_RETRY_FOR_S = 60.0  # how long a build keeps retrying a database step after a dropped connection
-STALLED_AFTER_S = 60  # without a worker heartbeat (sent every 10 s)
 RETENTION_HOURS = 24 * 14
 SCRATCH_MAX_AGE_S = 24 * 3600
 
@@ -120,6 +120,7 @@ async def build(context: JobContext, product_id: int, attempt: int = 0) -> str:
     if product is None or product.image_status != "uploaded":
         status = product.image_status if product else "deleted"
         _log("collage skipped", product_id, outcome="skipped", status=status)
+        metrics.record_outcome("skipped", duration_s=time.monotonic() - started)
         return "skipped"
     built: Built | None = None
     failure: Exception | None = None
@@ -219,7 +220,7 @@ async def _settle_failure(
     conn: AsyncConnection, product: products.Product, exc: Exception, *, attempt: int
 ) -> products.Outcome:
     """Mark the SKU broken, or queue a later attempt for a failure that may pass."""
-    message = exc.message if isinstance(exc, CollageError) else f"internal error: {exc!r}"
+    message = exc.message if isinstance(exc, CollageError) else f"internal error: {one_line(exc)}"
     if not isinstance(exc, Permanent) and attempt + 1 < MAX_ATTEMPTS:
         await products.enqueue(conn, product.id, attempt=attempt + 1, delay_s=backoff_s(attempt))
         outcome = "retry"
@@ -274,6 +275,7 @@ async def _enqueue_again(context: JobContext, product_id: int) -> None:
     async with _connection(context) as conn:
         await products.enqueue(conn, product_id)
     _log("collage interrupted; queued again", product_id, outcome="interrupted")
+    metrics.record_outcome("interrupted", duration_s=0.0)
 
 
 def _log(message: str, product_id: int, **fields: object) -> None:
@@ -281,11 +283,22 @@ def _log(message: str, product_id: int, **fields: object) -> None:
 
 
 # --- periodic tasks -------------------------------------------------------------------------
-# Each has a queueing lock: a tick that finds the previous one still waiting is dropped.
+
+
+def _maintenance(name: str) -> dict[str, Any]:
+    """Options of a periodic task: ahead of builds, and one waiting at most (a tick that finds
+    the previous one still waiting is dropped)."""
+    return {
+        "name": name,
+        "queue": QUEUE,
+        "queueing_lock": name,
+        "priority": MAINTENANCE_PRIORITY,
+        "pass_context": True,
+    }
 
 
 @app.periodic(cron="*/15 * * * *")
-@app.task(name="collage.sweep", queue=QUEUE, queueing_lock="collage.sweep", pass_context=True)
+@app.task(**_maintenance("collage.sweep"))
 async def sweep(context: JobContext, timestamp: int | None = None) -> list[int]:
     """Queue 'uploaded' SKUs that have no job, and log the batch to scraper_logs."""
     runtime = runtime_of(context)
@@ -303,9 +316,7 @@ async def run_sweep(conn: AsyncConnection, *, limit: int) -> list[int]:
 
 
 @app.periodic(cron="30 * * * *")
-@app.task(
-    name="collage.retry_errors", queue=QUEUE, queueing_lock="collage.retry", pass_context=True
-)
+@app.task(**_maintenance("collage.retry_errors"))
 async def retry_errors(context: JobContext, timestamp: int | None = None) -> list[int]:
     """Give errored SKUs another round after a cool-down, a few rounds at most."""
     async with _connection(context) as conn:
@@ -317,31 +328,38 @@ async def retry_errors(context: JobContext, timestamp: int | None = None) -> lis
 
 
 @app.periodic(cron="* * * * *")
-@app.task(name="collage.rescue", queue=QUEUE, queueing_lock="collage.rescue", pass_context=True)
+@app.task(**_maintenance("collage.rescue"))
 async def rescue_stalled(context: JobContext, timestamp: int | None = None) -> list[int]:
     """Fail the jobs of workers that stopped sending heartbeats, and queue their SKUs again.
 
-    A stalled job is not retried in place: its SKU may already have a waiting job.
+    A stalled build is not retried in place (its SKU may already have a waiting job); a stalled
+    maintenance job is only failed: its next tick does the work.
     """
     manager = context.app.job_manager
-    stalled = await manager.get_stalled_jobs(
-        queue=QUEUE, task_name="collage.build", seconds_since_heartbeat=STALLED_AFTER_S
-    )
+    stalled = await manager.get_stalled_jobs(queue=QUEUE, seconds_since_heartbeat=STALLED_WORKER_S)
     rescued: list[int] = []
-    async with _connection(context) as conn:
-        for job in stalled:
+    for job in stalled:
+        try:
             await manager.finish_job(job, status=Status.FAILED, delete_job=False)
+        except ConnectorException:  # it finished meanwhile, or another rescue took it
+            logger.info("stalled job already settled", extra={"action": "rescue", "job_id": job.id})
+            continue
+        if job.task_name == build.name:
             product_id = int(job.task_kwargs["product_id"])
-            await products.enqueue(conn, product_id)
+            async with _connection(context) as conn:
+                await products.enqueue(conn, product_id)
             rescued.append(product_id)
-    await manager.prune_stalled_workers(seconds_since_heartbeat=STALLED_AFTER_S * 10)
-    if rescued:
-        logger.warning("stalled jobs rescued", extra={"action": "rescue", "products": rescued})
+    await manager.prune_stalled_workers(seconds_since_heartbeat=STALLED_WORKER_S * 10)
+    if stalled:
+        logger.warning(
+            "stalled jobs rescued",
+            extra={"action": "rescue", "jobs": [j.id for j in stalled], "products": rescued},
+        )
     return rescued
 
 
 @app.periodic(cron="0 4 * * *")
-@app.task(name="collage.cleanup", queue=QUEUE, queueing_lock="collage.cleanup", pass_context=True)
+@app.task(**_maintenance("collage.cleanup"))
 async def cleanup(context: JobContext, timestamp: int | None = None) -> int:
     """Delete day-old scratch files and prune finished jobs and outcomes past retention."""
     runtime = runtime_of(context)

@@ -17,7 +17,7 @@ from typing import Any
 
 from procrastinate.middleware import WorkerMiddleware
 
-from collage.app import QUEUE, bind
+from collage.app import QUEUE, STALLED_WORKER_S, bind
 from collage.settings import Settings
 from collage.storage import Bucket
 from collage.tasks import Runtime
@@ -108,6 +108,7 @@ async def _run_once(
                         install_signal_handlers=False,
                         shutdown_graceful_timeout=graceful_timeout_s,
                         additional_context={"runtime": runtime},
+                        stalled_worker_timeout=STALLED_WORKER_S,
                         worker_middleware=list(middleware),
                         **worker_options,
                     ),

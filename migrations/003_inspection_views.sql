@@ -53,15 +53,18 @@ SELECT count(*) FILTER (WHERE j.status = 'todo' AND (j.scheduled_at IS NULL OR j
            AS waiting,
        count(*) FILTER (WHERE j.status = 'todo' AND j.scheduled_at > now()) AS retry_later,
        count(*) FILTER (WHERE j.status = 'doing') AS running,
-       count(*) FILTER (WHERE j.status = 'doing' AND (w.id IS NULL OR w.last_heartbeat < now() - interval '60 seconds'))
+       -- 120 s: collage.app.STALLED_WORKER_S, after which the rescue task takes the job back.
+       count(*) FILTER (WHERE j.status = 'doing'
+                          AND (w.id IS NULL OR w.last_heartbeat < now() - interval '120 seconds'))
            AS stalled,
        count(*) FILTER (WHERE j.status = 'failed') AS failed_jobs,
        (SELECT now() - min(e.at)
           FROM procrastinate_jobs t JOIN procrastinate_events e ON e.job_id = t.id AND e.type = 'deferred'
          WHERE t.status = 'todo' AND (t.scheduled_at IS NULL OR t.scheduled_at <= now())
        ) AS oldest_waiting_for,
+       -- 30 s: three missed heartbeats, as `collage health` counts them.
        (SELECT count(*) FROM procrastinate_workers
-         WHERE last_heartbeat > now() - interval '60 seconds') AS workers_alive,
+         WHERE last_heartbeat > now() - interval '30 seconds') AS workers_alive,
        (SELECT count(*) FROM raw_products WHERE image_status = 'uploaded') AS skus_uploaded,
        (SELECT count(*) FROM raw_products WHERE image_status = 'error') AS skus_error,
        (SELECT count(*) FROM collage_outcomes

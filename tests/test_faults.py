@@ -246,12 +246,12 @@ def test_a_worker_killed_mid_build_leaves_its_sku_to_the_next_worker(rig: Rig, f
         killed = time.monotonic()
         assert build_jobs_in(fdb, "doing") == [(dead_job, f"product:{pid}", "doing")]
         slow.released.set()
-        # Production waits STALLED_AFTER_S (60 s) for the heartbeat to age, then up to a minute
-        # for the rescue's cron tick: about two minutes. This test ages the dead worker's
+        # Production waits STALLED_WORKER_S (120 s) for the heartbeat to age, then up to a minute
+        # for the rescue's cron tick: about three minutes. This test ages the dead worker's
         # heartbeat by hand (it is dead: SIGKILL was reaped above) and queues the rescue now,
         # so what is measured is everything after the rescue decides the worker is gone.
         fdb.rows(
-            "UPDATE procrastinate_workers SET last_heartbeat = now() - interval '2 minutes'"
+            "UPDATE procrastinate_workers SET last_heartbeat = now() - interval '10 minutes'"
             " WHERE id = %s",
             [dead_worker],
         )

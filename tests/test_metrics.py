@@ -55,7 +55,8 @@ def test_metrics_after_real_jobs(
     assert delta("collage_downloaded_bytes_total") == len(jpeg(40, 50)) + len(jpeg(30, 50))
     assert delta("collage_uploaded_bytes_total") > 0
     assert after["collage_queue_up"] == 1
-    assert after.get('collage_queue_jobs{status="todo"}', 0) == 0
+    assert after['collage_queue_jobs{state="waiting"}'] == 0
+    assert after['collage_queue_jobs{state="running"}'] == 0
     assert "collage_oldest_waiting_seconds" in after
 
 
