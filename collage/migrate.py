@@ -8,6 +8,7 @@ session-level advisory lock, so two deploys migrating at once take turns.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from importlib import metadata, resources
 from pathlib import Path
@@ -20,6 +21,8 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 PROCRASTINATE_PREFIX = "procrastinate/"
 # Any constant works as long as nothing else in the database uses it for another purpose.
 ADVISORY_LOCK_KEY = 7_324_019_551
+NO_TRANSACTION = "-- collage: no-transaction"
+LOCK_POLL_S = 0.2
 
 _CREATE_LEDGER = """
 CREATE TABLE IF NOT EXISTS collage_migrations (
@@ -38,6 +41,20 @@ class Migration:
 
     def sql(self) -> str:
         return self.path.read_text(encoding="utf-8")
+
+    @property
+    def transactional(self) -> bool:
+        """False for a file whose first line is `-- collage: no-transaction` (CONCURRENTLY)."""
+        first = self.sql().lstrip().partition("\n")[0]
+        return first.strip() != NO_TRANSACTION
+
+    def statements(self) -> list[str]:
+        """Split a no-transaction file into statements, one per `;` at the end of a line.
+
+        Only for plain DDL such as CREATE INDEX: no function bodies or quoted semicolons.
+        """
+        text = "\n".join(line for line in self.sql().splitlines() if not line.startswith("--"))
+        return [part.strip() for part in text.split(";\n") if part.strip().rstrip(";")]
 
 
 @dataclass(frozen=True)
@@ -78,7 +95,7 @@ def apply(dsn: str, *, folder: Path = MIGRATIONS_DIR) -> list[str]:
     """Apply whatever is pending and return the names applied (empty when up to date)."""
     done: list[str] = []
     with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", [ADVISORY_LOCK_KEY])
+        _take_lock(conn)
         try:
             conn.execute(_CREATE_LEDGER)
             applied = _applied(conn)
@@ -94,14 +111,33 @@ def apply(dsn: str, *, folder: Path = MIGRATIONS_DIR) -> list[str]:
                 _record(conn, [m.name for m in procrastinate_migrations()])
                 applied = _applied(conn)
             for migration in _pending(applied, True, folder):
-                with conn.transaction():
-                    conn.execute(migration.sql())
+                if migration.transactional:
+                    with conn.transaction():
+                        conn.execute(migration.sql())
+                        _record(conn, [migration.name])
+                else:
+                    for statement in migration.statements():
+                        conn.execute(statement)
                     _record(conn, [migration.name])
                 logger.info("migration applied", extra={"migration": migration.name})
                 done.append(migration.name)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", [ADVISORY_LOCK_KEY])
     return done
+
+
+def _take_lock(conn: psycopg.Connection) -> None:
+    """Wait for the migration lock without sitting in a statement while waiting.
+
+    A blocked pg_advisory_lock() is an open transaction, which CREATE INDEX CONCURRENTLY in
+    the migration holding the lock would wait for: a deadlock. Polling avoids it.
+    """
+    waiting_logged = False
+    while not conn.execute("SELECT pg_try_advisory_lock(%s)", [ADVISORY_LOCK_KEY]).fetchone()[0]:
+        if not waiting_logged:
+            logger.info("another migration is running; waiting", extra={"action": "migrate"})
+            waiting_logged = True
+        time.sleep(LOCK_POLL_S)
 
 
 def _pending(applied: set[str], has_procrastinate: bool, folder: Path) -> list[Migration]:

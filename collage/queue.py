@@ -33,9 +33,16 @@ def summary(conn: psycopg.Connection[Row]) -> Row:
 
 def running(conn: psycopg.Connection[Row], *, limit: int = 20) -> list[Row]:
     """Jobs being built now, longest-running first."""
+    # From the running jobs, not the per-SKU view: that would read every product first.
     return conn.execute(
-        "SELECT product_id, brand, external_id, job_id, attempt, running_for FROM collage_sku_jobs"
-        " WHERE job_status = 'doing' ORDER BY running_for DESC NULLS LAST LIMIT %s",
+        "SELECT p.id AS product_id, p.brand, p.external_id, j.id AS job_id,"
+        " (j.args ->> 'attempt')::int AS attempt,"
+        " now() - (SELECT max(e.at) FROM procrastinate_events e"
+        "          WHERE e.job_id = j.id AND e.type = 'started') AS running_for"
+        " FROM procrastinate_jobs j"
+        " JOIN raw_products p ON p.id = (j.args ->> 'product_id')::bigint"
+        " WHERE j.status = 'doing' AND j.task_name = 'collage.build'"
+        " ORDER BY running_for DESC NULLS LAST LIMIT %s",
         [limit],
     ).fetchall()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import boto3
 from botocore.config import Config
@@ -29,6 +29,11 @@ logger = logging.getLogger(__name__)
 COLLAGE_PREFIX = "collages"
 # A product photo is a few MB; anything far beyond is not a photo we should hold in memory.
 MAX_OBJECT_BYTES = 80 * 1024 * 1024
+CONNECT_TIMEOUT_S = 5
+READ_TIMEOUT_S = 20
+MAX_ATTEMPTS = 3
+# The longest one S3 call can take before boto3 gives up on it.
+LONGEST_CALL_S = MAX_ATTEMPTS * (CONNECT_TIMEOUT_S + READ_TIMEOUT_S)
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 _UNSAFE_CHARS = set("\\") | {chr(c) for c in range(32)} | {chr(127)}
 
@@ -53,10 +58,10 @@ class Bucket:
             region_name=settings.s3_region,
             config=Config(
                 s3={"addressing_style": "path"},
-                # A stalled S3 costs a job at most ~3 x 20 s before it is retried later.
-                connect_timeout=5,
-                read_timeout=20,
-                retries={"mode": "standard", "max_attempts": 3},
+                # A stalled S3 costs a job at most LONGEST_CALL_S before it is retried later.
+                connect_timeout=CONNECT_TIMEOUT_S,
+                read_timeout=READ_TIMEOUT_S,
+                retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
                 max_pool_connections=32,
             ),
         )
@@ -99,8 +104,8 @@ class Bucket:
             raise Transient(f"S3 unavailable while putting {key}: {exc}") from exc
 
     def public_url_for(self, key: str) -> str:
-        """The URL written to collage_url."""
-        return f"{self.public_url}/{key}"
+        """The URL written to collage_url, percent-encoded (an external_id may hold '#' or ' ')."""
+        return f"{self.public_url}/{quote(key, safe='/')}"
 
     def ping(self) -> None:
         """Raise unless the bucket answers (for `collage health`)."""

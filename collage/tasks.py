@@ -32,7 +32,7 @@ from collage.errors import (
     one_line,
 )
 from collage.settings import Settings, from_environment
-from collage.storage import Bucket, collage_key
+from collage.storage import LONGEST_CALL_S, Bucket, collage_key
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -124,11 +124,17 @@ async def build(context: JobContext, product_id: int, attempt: int = 0) -> str:
         return "skipped"
     built: Built | None = None
     failure: Exception | None = None
+    uploading = False
     try:
-        built = await build_and_upload(runtime, product)
+        made = await make_collage(runtime, product)
+        uploading = True
+        built = await upload(runtime, made)
     except asyncio.CancelledError:
         # The worker is shutting down past its grace period: queue the SKU for whoever is next.
-        await asyncio.shield(_enqueue_again(context, product.id))
+        # An upload cut off here may still land later (its thread cannot be stopped), so the
+        # next build waits until it has surely finished, lest it land on a newer collage.
+        delay = LONGEST_CALL_S if uploading else None
+        await asyncio.shield(_enqueue_again(context, product.id, delay_s=delay))
         raise
     except Exception as exc:
         failure = exc
@@ -176,8 +182,17 @@ async def build(context: JobContext, product_id: int, attempt: int = 0) -> str:
     return outcome.outcome
 
 
-async def build_and_upload(runtime: Runtime, product: products.Product) -> Built:
-    """Download the photos, join them and upload the collage; raise CollageError on failure."""
+@dataclass(frozen=True)
+class Made:
+    """A collage built in memory, not uploaded yet."""
+
+    key: str
+    jpeg: bytes
+    photos: int
+
+
+async def make_collage(runtime: Runtime, product: products.Product) -> Made:
+    """Download the photos and join them; raise CollageError on failure."""
     bucket, settings = runtime.bucket, runtime.settings
     key = collage_key(product.brand, product.external_id)
     keys = photo_keys(bucket, product.image_urls)
@@ -198,10 +213,16 @@ async def build_and_upload(runtime: Runtime, product: products.Product) -> Built
     jpeg = await runtime.run(
         imaging.build_collage, photos, quality=settings.collage_quality, names=keys
     )
-    del photos
-    await runtime.run(bucket.put_jpeg, key, jpeg)
-    metrics.BYTES_UPLOADED.inc(len(jpeg))
-    return Built(url=bucket.public_url_for(key), photos=len(keys), size=len(jpeg))
+    return Made(key=key, jpeg=jpeg, photos=len(keys))
+
+
+async def upload(runtime: Runtime, made: Made) -> Built:
+    """Put the collage where the try-on model reads it."""
+    await runtime.run(runtime.bucket.put_jpeg, made.key, made.jpeg)
+    metrics.BYTES_UPLOADED.inc(len(made.jpeg))
+    return Built(
+        url=runtime.bucket.public_url_for(made.key), photos=made.photos, size=len(made.jpeg)
+    )
 
 
 def photo_keys(bucket: Bucket, image_urls: object) -> list[str]:
@@ -271,9 +292,9 @@ def _connection(context: JobContext) -> AbstractAsyncContextManager[AsyncConnect
     return context.app.connector.pool.connection()  # type: ignore[attr-defined, no-any-return]
 
 
-async def _enqueue_again(context: JobContext, product_id: int) -> None:
+async def _enqueue_again(context: JobContext, product_id: int, *, delay_s: float | None) -> None:
     async with _connection(context) as conn:
-        await products.enqueue(conn, product_id)
+        await products.enqueue(conn, product_id, delay_s=delay_s)
     _log("collage interrupted; queued again", product_id, outcome="interrupted")
     metrics.record_outcome("interrupted", duration_s=0.0)
 

@@ -22,11 +22,3 @@ CREATE TABLE IF NOT EXISTS scraper_logs (
     completed_at     timestamptz,
     duration_seconds double precision
 );
-
--- The sweep and the error retry look for SKUs by status; keep those lookups off a full scan.
-CREATE INDEX IF NOT EXISTS raw_products_image_status_updated_idx
-    ON raw_products (image_status, updated_at)
-    WHERE image_status IN ('uploaded', 'error');
-
-CREATE INDEX IF NOT EXISTS scraper_logs_name_started_idx
-    ON scraper_logs (scraper_name, started_at DESC);

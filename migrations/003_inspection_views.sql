@@ -1,10 +1,6 @@
 -- Views for operators: `psql -c 'SELECT * FROM collage_queue_summary'` answers "is it working?",
 -- collage_sku_jobs answers "what happened to this SKU?". See the README for example queries.
 
--- Find a SKU's jobs by their lock ('product:<id>') whatever their status; Procrastinate's own
--- indexes on lock cover only running jobs.
-CREATE INDEX IF NOT EXISTS collage_jobs_lock_idx ON procrastinate_jobs (lock, id DESC);
-
 CREATE OR REPLACE VIEW collage_sku_jobs AS
 SELECT p.id AS product_id,
        p.brand,

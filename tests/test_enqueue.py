@@ -122,3 +122,19 @@ def test_bulk_update_creates_one_job_per_row(db: psycopg.Connection) -> None:
         "SELECT count(*), count(DISTINCT queueing_lock) FROM procrastinate_jobs"
     ).fetchone()
     assert row == (2000, 2000)
+
+
+def test_a_new_upload_restores_the_automatic_retry_rounds(db: psycopg.Connection) -> None:
+    exhausted = _insert(db, status="error")
+    retried = _insert(db, status="error")
+    db.execute(
+        "INSERT INTO collage_retry_rounds (product_id, rounds) VALUES (%s, 3), (%s, 1)",
+        [exhausted, retried],
+    )
+    # The downloader fetches new photos: 'error' -> 'pending' -> 'uploaded'.
+    db.execute("UPDATE raw_products SET image_status = 'pending' WHERE id = %s", [exhausted])
+    db.execute("UPDATE raw_products SET image_status = 'uploaded' WHERE id = %s", [exhausted])
+    # The hourly retry moves an 'error' row straight back: its count must stay.
+    db.execute("UPDATE raw_products SET image_status = 'uploaded' WHERE id = %s", [retried])
+    rounds = dict(db.execute("SELECT product_id, rounds FROM collage_retry_rounds").fetchall())
+    assert rounds == {retried: 1}

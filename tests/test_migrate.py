@@ -99,3 +99,21 @@ def test_two_deploys_at_once_take_turns(empty_db: str) -> None:
         thread.join(timeout=60)
     assert errors == []
     assert sorted(len(r) > 0 for r in results) == [False, False, True]
+
+
+def test_indexes_on_existing_tables_are_built_concurrently_and_valid(empty_db: str) -> None:
+    migrate.apply(empty_db)
+    with psycopg.connect(empty_db) as conn:
+        rows = conn.execute(
+            "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+            " WHERE c.relname IN ('raw_products_image_status_updated_idx',"
+            " 'scraper_logs_name_started_idx', 'collage_jobs_lock_idx')"
+        ).fetchall()
+    assert sorted(rows) == [
+        ("collage_jobs_lock_idx", True),
+        ("raw_products_image_status_updated_idx", True),
+        ("scraper_logs_name_started_idx", True),
+    ]
+    indexes = next(m for m in migrate.project_migrations() if m.name == "004_indexes.sql")
+    assert not indexes.transactional
+    assert all("CONCURRENTLY" in statement for statement in indexes.statements())

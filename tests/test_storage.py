@@ -117,3 +117,11 @@ def test_an_oversized_object_is_refused_before_its_body_is_read(settings: Settin
     s3.put_object(Bucket=settings.s3_bucket, Key="big.jpg", Body=b"x" * 2048)
     with pytest.raises(TooLarge, match="2,048 bytes"):
         Bucket.from_settings(settings).get("big.jpg", max_bytes=1024)
+
+
+def test_public_urls_are_percent_encoded_and_map_back_to_the_key(settings: Settings) -> None:
+    bucket = Bucket.from_settings(settings)
+    key = collage_key("Zara Home", "AB#12 ?x")
+    url = bucket.public_url_for(key)
+    assert url == f"{settings.s3_public_url}/collages/Zara%20Home/AB%2312%20%3Fx.jpg"
+    assert bucket.key_for(url) == key
