@@ -40,7 +40,7 @@ def load_settings() -> Settings:
 
 
 def database_errors(func: F) -> F:
-    """Turn a database that cannot be reached into one line instead of a traceback."""
+    """Turn a database that cannot be reached, or is not migrated, into one line."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -48,6 +48,10 @@ def database_errors(func: F) -> F:
             return func(*args, **kwargs)
         except psycopg.OperationalError as exc:
             raise Fail(f"database unavailable: {one_line(exc)}") from None
+        except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction) as exc:
+            raise Fail(f"database not migrated ({one_line(exc)}): run `collage migrate`") from None
+        except psycopg.Error as exc:
+            raise Fail(f"database error: {one_line(exc)}") from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -175,6 +179,7 @@ def sweep_command(limit: int | None) -> None:
 
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DURATION_S = 10 * 365 * 86400
 
 
 class Duration(click.ParamType):
@@ -187,13 +192,22 @@ class Duration(click.ParamType):
             return value
         text = str(value).strip().lower()
         if len(text) >= 2 and text[-1] in DURATION_UNITS and text[:-1].isdigit():
-            return timedelta(seconds=int(text[:-1]) * DURATION_UNITS[text[-1]])
+            seconds = int(text[:-1]) * DURATION_UNITS[text[-1]]
+            if seconds <= MAX_DURATION_S:
+                return timedelta(seconds=seconds)
+            self.fail(f"{value!r} is more than {MAX_DURATION_S // 86400} days", param, ctx)
         self.fail(f"{value!r} is not a duration like 45s, 30m, 2h or 7d", param, ctx)
 
 
 @main.command("requeue")
 @click.option("--brand", help="Only this brand.")
-@click.option("--id", "ids", type=int, multiple=True, help="Only this product id (repeatable).")
+@click.option(
+    "--id",
+    "ids",
+    type=click.IntRange(1, 2**63 - 1),
+    multiple=True,
+    help="Only this product id (repeatable).",
+)
 @click.option("--error-like", help="Only errors containing this text (or a LIKE pattern with %).")
 @click.option("--older-than", type=Duration(), help="Only SKUs that failed longer ago (2h, 7d).")
 @click.option("--limit", type=click.IntRange(1), help="At most this many SKUs.")

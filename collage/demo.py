@@ -31,6 +31,7 @@ LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 BUCKET = "unde-images"
 BRANDS = ("zara", "hm", "mango", "cos", "uniqlo", "arket")
 VIEWS = ("front", "back", "side", "detail", "on-model", "label")
+DEADLINE_PER_SKU_S = 10  # generous: a demo SKU takes well under a second
 BROKEN = ("truncated photo", "missing photo", "HTML saved as .jpg", "photo from another host")
 
 
@@ -176,9 +177,16 @@ async def _run(dsn: str, endpoint: str, output: Path, skus: list[Sku]) -> dict[s
                     " VALUES (%s, %s, %s, 'uploaded')",
                     [sku.external_id, sku.brand, json.dumps(sku.urls)],
                 )
+        deadline = started + DEADLINE_PER_SKU_S * len(skus) + 60
         with click.progressbar(length=len(skus), label="building collages", file=None) as bar:
             done = 0
             while done < len(skus):
+                if worker.done() or time.monotonic() > deadline:
+                    stop.set()
+                    raise click.ClickException(
+                        f"the worker stopped or stalled with {len(skus) - done} SKU(s) left"
+                        " (its warnings are above)"
+                    )
                 await asyncio.sleep(0.1)
                 row = conn.execute(
                     "SELECT count(*) FROM raw_products WHERE image_status <> 'uploaded'"
@@ -291,7 +299,9 @@ def main(skus: int, output: Path) -> None:
     admin_dsn = os.environ.get("STAGING_DB_URL") or LOCAL_DSN
     if not sandbox.can_connect(admin_dsn):
         raise click.ClickException(f"no PostgreSQL at {admin_dsn}; set STAGING_DB_URL")
-    shutil.rmtree(output, ignore_errors=True)
+    if output.exists() and any(output.iterdir()) and not (output / "index.html").exists():
+        raise click.ClickException(f"{output} is not empty and not a demo output; choose another")
+    shutil.rmtree(output, ignore_errors=True)  # a previous demo's output
     output.mkdir(parents=True)
     generated = make_skus(skus)
     click.echo(f"seeding {len(generated)} SKUs ({sum(len(s.photos) for s in generated)} photos)")

@@ -71,6 +71,23 @@ def test_an_unreachable_database_is_one_line_not_a_traceback(settings: Settings)
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
 
 
+def test_an_unmigrated_database_says_what_to_do(settings: Settings, empty_db: str) -> None:
+    bare = settings.replace(db_url=empty_db, db_session_url=empty_db)
+    for command in (["jobs"], ["show", "1"], ["requeue", "--dry-run"]):
+        result = run(bare, *command)
+        assert result.exit_code == 1, command
+        assert result.output.startswith("collage: database not migrated (")
+        assert result.output.rstrip().endswith("run `collage migrate`")
+        assert "Traceback" not in result.output
+
+
+def test_absurd_filter_values_are_usage_errors(settings: Settings) -> None:
+    too_big = run(settings, "requeue", "--id", "99999999999999999999")
+    assert too_big.exit_code == 2 and "--id" in too_big.output
+    too_long = run(settings, "requeue", "--older-than", "999999999999d")
+    assert too_long.exit_code == 2 and "is more than 3650 days" in too_long.output
+
+
 def test_migrate_status_then_migrate(settings: Settings, empty_db: str) -> None:
     fresh = settings.replace(db_url=empty_db, db_session_url=empty_db)
     status = run(fresh, "migrate", "--status")

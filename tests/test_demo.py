@@ -32,3 +32,18 @@ def test_bin_demo_builds_collages_and_a_gallery(tmp_path: Path, admin_dsn: str) 
     assert page.count("<section") == 10
     assert len(list((output / "collages").glob("*.jpg"))) == 9
     assert "Traceback" not in result.stderr
+
+
+def test_bin_demo_refuses_to_wipe_a_folder_that_is_not_its_own(tmp_path: Path) -> None:
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    result = subprocess.run(
+        [str(ROOT / "bin" / "demo"), "--skus", "1", "--output", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "is not empty and not a demo output" in result.stderr
+    assert precious.read_text() == "keep me"

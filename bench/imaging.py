@@ -155,7 +155,7 @@ def child(kind: str, sku: Path, *, warm: bool, resampling: str) -> dict[str, flo
     if warm:
         env["PILLOW_BLOCKS_MAX"] = WARM_BLOCKS
     runs = "2" if warm else "1"
-    command = [sys.executable, "-m", "collage.bench_imaging", "--child", kind, str(sku), runs]
+    command = [sys.executable, "-m", "bench.imaging", "--child", kind, str(sku), runs]
     result = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     return json.loads(result.stdout)
 
