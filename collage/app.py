@@ -96,7 +96,7 @@ def bind(settings: Settings) -> contextlib.AbstractContextManager[procrastinate.
 # For `procrastinate --app=collage.app.app ...` too; nothing connects until it is opened.
 app = procrastinate.App(
     connector=make_connector(from_environment),
-    import_paths=["collage.tasks"],
+    import_paths=["collage.tasks", "collage.maintenance"],
     worker_defaults={
         "queues": [QUEUE],
         "fetch_job_polling_interval": POLLING_INTERVAL_S,

@@ -163,7 +163,7 @@ def make_command(photos: tuple[Path, ...], output: Path, quality: int) -> None:
 @database_errors
 def sweep_command(limit: int | None) -> None:
     """Queue 'uploaded' SKUs that have no job now, and log the batch (the 15-minute sweep)."""
-    from collage.tasks import run_sweep
+    from collage.maintenance import run_sweep
 
     settings = load_settings()
 

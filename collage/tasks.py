@@ -7,22 +7,18 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import psycopg
 from procrastinate import JobContext
-from procrastinate.exceptions import ConnectorException
-from procrastinate.jobs import Status
 from psycopg import AsyncConnection
 
 from collage import imaging, metrics, products
-from collage.app import MAINTENANCE_PRIORITY, QUEUE, STALLED_WORKER_S, app
+from collage.app import QUEUE, app
 from collage.errors import (
     BadImageUrls,
     CollageError,
@@ -46,13 +42,7 @@ DOWNLOAD_CONCURRENCY = 4
 # The compressed originals of one SKU held in memory at once, whatever the rows claim.
 MAX_SKU_BYTES = 400 * 1024 * 1024
 _JSON_TYPES = {dict: "object", str: "string", int: "number", float: "number", bool: "boolean"}
-# The hourly retry of errored SKUs.
-RETRY_COOLDOWN_S = 3600
-RETRY_BATCH = 50
-RETRY_MAX_ROUNDS = 3
 DB_RETRY_FOR_S = 60.0  # how long a build keeps retrying a database step after a dropped connection
-RETENTION_HOURS = 24 * 14
-SCRATCH_MAX_AGE_S = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -113,7 +103,7 @@ async def build(context: JobContext, product_id: int, attempt: int = 0) -> str:
     started = time.monotonic()
 
     async def read() -> products.Product | None:
-        async with _connection(context) as conn:
+        async with connection(context) as conn:
             return await products.fetch(conn, product_id)
 
     product = await _retry_db(read, product_id=product_id, step="read the SKU")
@@ -142,7 +132,7 @@ async def build(context: JobContext, product_id: int, attempt: int = 0) -> str:
             logger.exception("unexpected error while building", extra={"product_id": product.id})
 
     async def settle() -> products.Outcome:
-        async with _connection(context) as conn, conn.transaction():
+        async with connection(context) as conn, conn.transaction():
             if built is not None:
                 owned = await products.mark_ready(conn, product, collage_url=built.url)
                 outcome = products.Outcome(
@@ -287,13 +277,13 @@ async def _retry_db(step_call: Callable[[], Awaitable[T]], *, product_id: int, s
             delay = min(delay * 2, 5.0)
 
 
-def _connection(context: JobContext) -> AbstractAsyncContextManager[AsyncConnection]:
+def connection(context: JobContext) -> AbstractAsyncContextManager[AsyncConnection]:
     """Borrow a connection from the app's pool (the transaction-mode URL)."""
     return context.app.connector.pool.connection()  # type: ignore[attr-defined, no-any-return]
 
 
 async def _enqueue_again(context: JobContext, product_id: int, *, delay_s: float | None) -> None:
-    async with _connection(context) as conn:
+    async with connection(context) as conn:
         await products.enqueue(conn, product_id, delay_s=delay_s)
     _log("collage interrupted; queued again", product_id, outcome="interrupted")
     metrics.record_outcome("interrupted", duration_s=0.0)
@@ -301,116 +291,3 @@ async def _enqueue_again(context: JobContext, product_id: int, *, delay_s: float
 
 def _log(message: str, product_id: int, **fields: object) -> None:
     logger.info(message, extra={"action": "build_collage", "product_id": product_id, **fields})
-
-
-# --- periodic tasks -------------------------------------------------------------------------
-
-
-def _maintenance(name: str) -> dict[str, Any]:
-    """Options of a periodic task: ahead of builds, and one waiting at most (a tick that finds
-    the previous one still waiting is dropped)."""
-    return {
-        "name": name,
-        "queue": QUEUE,
-        "queueing_lock": name,
-        "priority": MAINTENANCE_PRIORITY,
-        "pass_context": True,
-    }
-
-
-@app.periodic(cron="*/15 * * * *")
-@app.task(**_maintenance("collage.sweep"))
-async def sweep(context: JobContext, timestamp: int | None = None) -> list[int]:
-    """Queue 'uploaded' SKUs that have no job, and log the batch to scraper_logs."""
-    runtime = runtime_of(context)
-    async with _connection(context) as conn:
-        return await run_sweep(conn, limit=runtime.settings.batch_size)
-
-
-async def run_sweep(conn: AsyncConnection, *, limit: int) -> list[int]:
-    """Do what the periodic sweep does (also `collage sweep`)."""
-    started_at = datetime.now(UTC)
-    queued = await products.enqueue_unqueued(conn, limit=limit)
-    summary = await products.log_batch(conn, started_at=started_at)
-    logger.info("sweep done", extra={"action": "sweep", "queued": len(queued), **summary})
-    return queued
-
-
-@app.periodic(cron="30 * * * *")
-@app.task(**_maintenance("collage.retry_errors"))
-async def retry_errors(context: JobContext, timestamp: int | None = None) -> list[int]:
-    """Give errored SKUs another round after a cool-down, a few rounds at most."""
-    async with _connection(context) as conn:
-        ids = await products.requeue_errored(
-            conn, limit=RETRY_BATCH, cooldown_s=RETRY_COOLDOWN_S, max_rounds=RETRY_MAX_ROUNDS
-        )
-    logger.info("errored SKUs requeued", extra={"action": "retry_errors", "count": len(ids)})
-    return ids
-
-
-@app.periodic(cron="* * * * *")
-@app.task(**_maintenance("collage.rescue"))
-async def rescue_stalled(context: JobContext, timestamp: int | None = None) -> list[int]:
-    """Fail the jobs of workers that stopped sending heartbeats, and queue their SKUs again.
-
-    A stalled build is not retried in place (its SKU may already have a waiting job); a stalled
-    maintenance job is only failed: its next tick does the work.
-    """
-    manager = context.app.job_manager
-    stalled = await manager.get_stalled_jobs(queue=QUEUE, seconds_since_heartbeat=STALLED_WORKER_S)
-    rescued: list[int] = []
-    for job in stalled:
-        try:
-            await manager.finish_job(job, status=Status.FAILED, delete_job=False)
-        except ConnectorException:  # it finished meanwhile, or another rescue took it
-            logger.info("stalled job already settled", extra={"action": "rescue", "job_id": job.id})
-            continue
-        if job.task_name == build.name:
-            product_id = int(job.task_kwargs["product_id"])
-            async with _connection(context) as conn:
-                await products.enqueue(conn, product_id)
-            rescued.append(product_id)
-    await manager.prune_stalled_workers(seconds_since_heartbeat=STALLED_WORKER_S * 10)
-    if stalled:
-        logger.warning(
-            "stalled jobs rescued",
-            extra={"action": "rescue", "jobs": [j.id for j in stalled], "products": rescued},
-        )
-    return rescued
-
-
-@app.periodic(cron="0 4 * * *")
-@app.task(**_maintenance("collage.cleanup"))
-async def cleanup(context: JobContext, timestamp: int | None = None) -> int:
-    """Delete day-old scratch files and prune finished jobs and outcomes past retention."""
-    runtime = runtime_of(context)
-    removed = await runtime.run(remove_old_files, runtime.settings.temp_dir)
-    await context.app.job_manager.delete_old_jobs(
-        nb_hours=RETENTION_HOURS, include_failed=True, include_cancelled=True, include_aborted=True
-    )
-    async with _connection(context) as conn:
-        await conn.execute(
-            "DELETE FROM collage_outcomes WHERE finished_at < now() - %s * interval '1 hour'",
-            [RETENTION_HOURS],
-        )
-    logger.info("cleanup done", extra={"action": "cleanup", "files_removed": removed})
-    return removed
-
-
-def remove_old_files(folder: Path, *, max_age_s: float = SCRATCH_MAX_AGE_S) -> int:
-    """Delete files under `folder` not modified for `max_age_s`; return how many."""
-    if not folder.is_dir():
-        return 0
-    cutoff = time.time() - max_age_s
-    removed = 0
-    for path in folder.rglob("*"):
-        try:
-            if path.is_file() and path.stat().st_mtime < cutoff:
-                path.unlink()
-                removed += 1
-        except FileNotFoundError:
-            continue  # another worker's cleanup got there first
-    return removed
-
-
-__all__: Sequence[str] = ["Runtime", "build", "cleanup", "rescue_stalled", "retry_errors", "sweep"]

@@ -19,7 +19,7 @@ from tests.test_tasks import add_product, upload, wait_settled
 
 def test_importing_the_app_connects_to_nothing_and_reads_no_environment() -> None:
     code = (
-        "import os; os.environ.clear(); import collage.app, collage.tasks;"
+        "import os; os.environ.clear(); import collage.app, collage.tasks, collage.maintenance;"
         " print(sorted(collage.app.app.tasks))"
     )
     result = subprocess.run(
@@ -29,7 +29,7 @@ def test_importing_the_app_connects_to_nothing_and_reads_no_environment() -> Non
 
 
 def test_periodic_tasks_are_registered_with_their_schedules() -> None:
-    import collage.tasks  # noqa: F401 - registers the tasks on `app`
+    import collage.maintenance  # noqa: F401 - registers the tasks on `app`
 
     schedules = {
         task.task.name: task.cron for task in app.periodic_registry.periodic_tasks.values()

@@ -1,0 +1,137 @@
+"""The periodic tasks: the safety sweep, the hourly retry, the stalled-job rescue, the clean-up.
+
+Cron is UTC; each tick runs once across all workers, ahead of any backlog of builds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from procrastinate import JobContext
+from procrastinate.exceptions import ConnectorException
+from procrastinate.jobs import Status
+from psycopg import AsyncConnection
+
+from collage import products
+from collage.app import MAINTENANCE_PRIORITY, QUEUE, STALLED_WORKER_S, app
+from collage.tasks import build, connection, runtime_of
+
+logger = logging.getLogger(__name__)
+
+# The hourly retry of errored SKUs.
+RETRY_COOLDOWN_S = 3600
+RETRY_BATCH = 50
+RETRY_MAX_ROUNDS = 3
+RETENTION_HOURS = 24 * 14
+SCRATCH_MAX_AGE_S = 24 * 3600
+
+
+def _maintenance(name: str) -> dict[str, Any]:
+    """Options of a periodic task: ahead of builds, and one waiting at most (a tick that finds
+    the previous one still waiting is dropped)."""
+    return {
+        "name": name,
+        "queue": QUEUE,
+        "queueing_lock": name,
+        "priority": MAINTENANCE_PRIORITY,
+        "pass_context": True,
+    }
+
+
+@app.periodic(cron="*/15 * * * *")
+@app.task(**_maintenance("collage.sweep"))
+async def sweep(context: JobContext, timestamp: int | None = None) -> list[int]:
+    """Queue 'uploaded' SKUs that have no job, and log the batch to scraper_logs."""
+    runtime = runtime_of(context)
+    async with connection(context) as conn:
+        return await run_sweep(conn, limit=runtime.settings.batch_size)
+
+
+async def run_sweep(conn: AsyncConnection, *, limit: int) -> list[int]:
+    """Do what the periodic sweep does (also `collage sweep`)."""
+    started_at = datetime.now(UTC)
+    queued = await products.enqueue_unqueued(conn, limit=limit)
+    summary = await products.log_batch(conn, started_at=started_at)
+    logger.info("sweep done", extra={"action": "sweep", "queued": len(queued), **summary})
+    return queued
+
+
+@app.periodic(cron="30 * * * *")
+@app.task(**_maintenance("collage.retry_errors"))
+async def retry_errors(context: JobContext, timestamp: int | None = None) -> list[int]:
+    """Give errored SKUs another round after a cool-down, a few rounds at most."""
+    async with connection(context) as conn:
+        ids = await products.requeue_errored(
+            conn, limit=RETRY_BATCH, cooldown_s=RETRY_COOLDOWN_S, max_rounds=RETRY_MAX_ROUNDS
+        )
+    logger.info("errored SKUs requeued", extra={"action": "retry_errors", "count": len(ids)})
+    return ids
+
+
+@app.periodic(cron="* * * * *")
+@app.task(**_maintenance("collage.rescue"))
+async def rescue_stalled(context: JobContext, timestamp: int | None = None) -> list[int]:
+    """Fail the jobs of workers that stopped sending heartbeats, and queue their SKUs again.
+
+    A stalled build is not retried in place (its SKU may already have a waiting job); a stalled
+    maintenance job is only failed: its next tick does the work.
+    """
+    manager = context.app.job_manager
+    stalled = await manager.get_stalled_jobs(queue=QUEUE, seconds_since_heartbeat=STALLED_WORKER_S)
+    rescued: list[int] = []
+    for job in stalled:
+        try:
+            await manager.finish_job(job, status=Status.FAILED, delete_job=False)
+        except ConnectorException:  # it finished meanwhile, or another rescue took it
+            logger.info("stalled job already settled", extra={"action": "rescue", "job_id": job.id})
+            continue
+        if job.task_name == build.name:
+            product_id = int(job.task_kwargs["product_id"])
+            async with connection(context) as conn:
+                await products.enqueue(conn, product_id)
+            rescued.append(product_id)
+    await manager.prune_stalled_workers(seconds_since_heartbeat=STALLED_WORKER_S * 10)
+    if stalled:
+        logger.warning(
+            "stalled jobs rescued",
+            extra={"action": "rescue", "jobs": [j.id for j in stalled], "products": rescued},
+        )
+    return rescued
+
+
+@app.periodic(cron="0 4 * * *")
+@app.task(**_maintenance("collage.cleanup"))
+async def cleanup(context: JobContext, timestamp: int | None = None) -> int:
+    """Delete day-old scratch files and prune finished jobs and outcomes past retention."""
+    runtime = runtime_of(context)
+    removed = await runtime.run(remove_old_files, runtime.settings.temp_dir)
+    await context.app.job_manager.delete_old_jobs(
+        nb_hours=RETENTION_HOURS, include_failed=True, include_cancelled=True, include_aborted=True
+    )
+    async with connection(context) as conn:
+        await conn.execute(
+            "DELETE FROM collage_outcomes WHERE finished_at < now() - %s * interval '1 hour'",
+            [RETENTION_HOURS],
+        )
+    logger.info("cleanup done", extra={"action": "cleanup", "files_removed": removed})
+    return removed
+
+
+def remove_old_files(folder: Path, *, max_age_s: float = SCRATCH_MAX_AGE_S) -> int:
+    """Delete files under `folder` not modified for `max_age_s`; return how many."""
+    if not folder.is_dir():
+        return 0
+    cutoff = time.time() - max_age_s
+    removed = 0
+    for path in folder.rglob("*"):
+        try:
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            continue  # another worker's cleanup got there first
+    return removed
