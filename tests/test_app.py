@@ -85,3 +85,10 @@ def test_procrastinate_cli_runs_the_same_worker(
     assert status == "collage_ready", stderr.decode()[-2000:]
     assert url.endswith("/collages/zara/CLI-1.jpg")
     assert worker.returncode == 0
+
+
+def test_the_views_use_the_same_stalled_threshold_as_the_rescue(db: psycopg.Connection) -> None:
+    from collage.app import STALLED_WORKER_S
+
+    view = db.execute("SELECT pg_get_viewdef('collage_queue_summary'::regclass)").fetchone()[0]
+    assert f"'00:{STALLED_WORKER_S // 60:02d}:00'::interval" in view
