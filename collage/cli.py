@@ -17,10 +17,15 @@ import click
 import psycopg
 
 from collage import health, logs, migrate, queue
+from collage.app import STALLED_WORKER_S
 from collage.errors import CollageError, ConfigError, one_line
 from collage.settings import Settings, redact
 
 F = TypeVar("F", bound=Callable[..., Any])
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DURATION_S = 10 * 365 * 86400
+# Heartbeats stop while a worker drains: past STALLED_WORKER_S the rescue would take its jobs.
+MAX_GRACEFUL_S = STALLED_WORKER_S - 30
 logger = logging.getLogger(__name__)
 
 
@@ -101,7 +106,7 @@ def migrate_command(show_status: bool) -> None:
 )
 @click.option(
     "--graceful-timeout",
-    type=click.FloatRange(0),
+    type=click.FloatRange(0, MAX_GRACEFUL_S),
     default=60.0,
     show_default=True,
     help="Seconds SIGTERM waits for running jobs before they are queued again.",
@@ -178,10 +183,6 @@ def sweep_command(limit: int | None) -> None:
     click.echo(f"queued {len(queued)} SKU(s)")
 
 
-DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-MAX_DURATION_S = 10 * 365 * 86400
-
-
 class Duration(click.ParamType):
     """A duration such as 45s, 30m, 2h or 7d."""
 
@@ -191,7 +192,12 @@ class Duration(click.ParamType):
         if isinstance(value, timedelta):
             return value
         text = str(value).strip().lower()
-        if len(text) >= 2 and text[-1] in DURATION_UNITS and text[:-1].isdigit():
+        if (
+            len(text) >= 2
+            and text[-1] in DURATION_UNITS
+            and text[:-1].isascii()
+            and text[:-1].isdigit()
+        ):
             seconds = int(text[:-1]) * DURATION_UNITS[text[-1]]
             if seconds <= MAX_DURATION_S:
                 return timedelta(seconds=seconds)

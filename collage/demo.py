@@ -31,6 +31,7 @@ LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 BUCKET = "unde-images"
 BRANDS = ("zara", "hm", "mango", "cos", "uniqlo", "arket")
 VIEWS = ("front", "back", "side", "detail", "on-model", "label")
+MARKER = ".collage-demo"  # only a folder bin/demo made may be replaced by the next run
 DEADLINE_PER_SKU_S = 10  # generous: a demo SKU takes well under a second
 BROKEN = ("truncated photo", "missing photo", "HTML saved as .jpg", "photo from another host")
 
@@ -299,10 +300,13 @@ def main(skus: int, output: Path) -> None:
     admin_dsn = os.environ.get("STAGING_DB_URL") or LOCAL_DSN
     if not sandbox.can_connect(admin_dsn):
         raise click.ClickException(f"no PostgreSQL at {admin_dsn}; set STAGING_DB_URL")
-    if output.exists() and any(output.iterdir()) and not (output / "index.html").exists():
+    if output.exists() and not output.is_dir():
+        raise click.ClickException(f"{output} is a file; give a folder")
+    if output.exists() and any(output.iterdir()) and not (output / MARKER).exists():
         raise click.ClickException(f"{output} is not empty and not a demo output; choose another")
     shutil.rmtree(output, ignore_errors=True)  # a previous demo's output
     output.mkdir(parents=True)
+    (output / MARKER).write_text("written by bin/demo; the next run replaces this folder\n")
     generated = make_skus(skus)
     click.echo(f"seeding {len(generated)} SKUs ({sum(len(s.photos) for s in generated)} photos)")
     result = asyncio.run(run_demo(admin_dsn, output, generated))

@@ -7,13 +7,16 @@ session-level advisory lock, so two deploys migrating at once take turns.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 import time
 from dataclasses import dataclass
 from importlib import metadata, resources
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +30,12 @@ LOCK_POLL_S = 0.2
 _CREATE_LEDGER = """
 CREATE TABLE IF NOT EXISTS collage_migrations (
     name text PRIMARY KEY,
-    applied_at timestamptz NOT NULL DEFAULT now()
-)
+    applied_at timestamptz NOT NULL DEFAULT now(),
+    sha256 text
+);
+ALTER TABLE collage_migrations ADD COLUMN IF NOT EXISTS sha256 text;
 """
+_INDEX_NAME = re.compile(r"INDEX\s+CONCURRENTLY\s+IF\s+NOT\s+EXISTS\s+(\w+)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,10 @@ class Migration:
 
     def sql(self) -> str:
         return self.path.read_text(encoding="utf-8")
+
+    def sha256(self) -> str:
+        """Fingerprint of the file, to notice one edited after it was applied."""
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()
 
     @property
     def transactional(self) -> bool:
@@ -110,15 +120,16 @@ def apply(dsn: str, *, folder: Path = MIGRATIONS_DIR) -> list[str]:
                 )
                 _record(conn, [m.name for m in procrastinate_migrations()])
                 applied = _applied(conn)
+            _refuse_edited(conn, project_migrations(folder))
             for migration in _pending(applied, True, folder):
                 if migration.transactional:
                     with conn.transaction():
                         conn.execute(migration.sql())
-                        _record(conn, [migration.name])
+                        _record(conn, [migration.name], sha256=migration.sha256())
                 else:
                     for statement in migration.statements():
-                        conn.execute(statement)
-                    _record(conn, [migration.name])
+                        _run_concurrently(conn, statement)
+                    _record(conn, [migration.name], sha256=migration.sha256())
                 logger.info("migration applied", extra={"migration": migration.name})
                 done.append(migration.name)
         finally:
@@ -155,11 +166,47 @@ def _install_procrastinate(conn: psycopg.Connection) -> None:
     logger.info("procrastinate schema installed", extra={"version": _procrastinate_version()})
 
 
-def _record(conn: psycopg.Connection, names: list[str]) -> None:
+def _run_concurrently(conn: psycopg.Connection, statement: str) -> None:
+    """Run one statement of a no-transaction file; rebuild an index a failed run left INVALID.
+
+    A CREATE INDEX CONCURRENTLY that fails leaves an invalid index behind, which IF NOT EXISTS
+    would then skip for good.
+    """
+    found = _INDEX_NAME.search(statement)
+    if found and _index_is_invalid(conn, found[1]):
+        logger.warning("rebuilding an invalid index", extra={"index": found[1]})
+        conn.execute(sql.SQL("DROP INDEX CONCURRENTLY {}").format(sql.Identifier(found[1])))
+    conn.execute(statement)
+    if found and _index_is_invalid(conn, found[1]):
+        raise RuntimeError(f"index {found[1]} is still INVALID after building it")
+
+
+def _index_is_invalid(conn: psycopg.Connection, name: str) -> bool:
+    row = conn.execute(
+        "SELECT NOT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+        " WHERE c.relname = %s",
+        [name],
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def _refuse_edited(conn: psycopg.Connection, migrations: list[Migration]) -> None:
+    """Stop when an applied file has changed: its change would never reach the database."""
+    recorded = dict(
+        conn.execute("SELECT name, sha256 FROM collage_migrations WHERE sha256 IS NOT NULL")
+    )
+    edited = [m.name for m in migrations if recorded.get(m.name, m.sha256()) != m.sha256()]
+    if edited:
+        raise RuntimeError(
+            f"{', '.join(edited)} changed after being applied; put changes in a new file"
+        )
+
+
+def _record(conn: psycopg.Connection, names: list[str], *, sha256: str | None = None) -> None:
     with conn.cursor() as cur:
         cur.executemany(
-            "INSERT INTO collage_migrations (name) VALUES (%s) ON CONFLICT DO NOTHING",
-            [(name,) for name in names],
+            "INSERT INTO collage_migrations (name, sha256) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+            [(name, sha256) for name in names],
         )
 
 

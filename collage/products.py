@@ -125,30 +125,34 @@ async def requeue_errored(
     conn: AsyncConnection, *, limit: int, cooldown_s: float, max_rounds: int
 ) -> list[int]:
     """Set errored SKUs back to 'uploaded' (the trigger queues them), a few rounds at most."""
-    cur = await conn.execute(
-        """
-        WITH due AS (
-            SELECT p.id FROM raw_products p
-              LEFT JOIN collage_retry_rounds r ON r.product_id = p.id
-             WHERE p.image_status = 'error'
-               AND p.updated_at < now() - %(cooldown)s * interval '1 second'
-               AND coalesce(r.rounds, 0) < %(max_rounds)s
-             ORDER BY p.updated_at, p.id
-             LIMIT %(limit)s
-               FOR UPDATE OF p SKIP LOCKED
-        ), counted AS (
-            INSERT INTO collage_retry_rounds (product_id, rounds)
-            SELECT id, 1 FROM due
-            ON CONFLICT (product_id) DO UPDATE
-               SET rounds = collage_retry_rounds.rounds + 1, last_retry_at = now()
-        )
-        UPDATE raw_products p SET image_status = 'uploaded', updated_at = now()
-          FROM due WHERE p.id = due.id
-        RETURNING p.id
-        """,
-        {"cooldown": cooldown_s, "max_rounds": max_rounds, "limit": limit},
-    )
-    return sorted(row[0] for row in await cur.fetchall())
+    params = {"cooldown": cooldown_s, "max_rounds": max_rounds, "limit": limit}
+    async with conn.transaction():
+        # Tells the trigger this is a retry, not a new upload: the rounds count must stay.
+        await conn.execute("SET LOCAL collage.hourly_retry = 'on'")
+        cur = await conn.execute(_REQUEUE_ERRORED, params)
+        return sorted(row[0] for row in await cur.fetchall())
+
+
+_REQUEUE_ERRORED = """
+WITH due AS (
+    SELECT p.id FROM raw_products p
+      LEFT JOIN collage_retry_rounds r ON r.product_id = p.id
+     WHERE p.image_status = 'error'
+       AND p.updated_at < now() - %(cooldown)s * interval '1 second'
+       AND coalesce(r.rounds, 0) < %(max_rounds)s
+     ORDER BY p.updated_at, p.id
+     LIMIT %(limit)s
+       FOR UPDATE OF p SKIP LOCKED
+), counted AS (
+    INSERT INTO collage_retry_rounds (product_id, rounds)
+    SELECT id, 1 FROM due
+    ON CONFLICT (product_id) DO UPDATE
+       SET rounds = collage_retry_rounds.rounds + 1, last_retry_at = now()
+)
+UPDATE raw_products p SET image_status = 'uploaded', updated_at = now()
+  FROM due WHERE p.id = due.id
+RETURNING p.id
+"""
 
 
 async def record_outcome(conn: AsyncConnection, outcome: Outcome) -> None:

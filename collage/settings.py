@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -87,11 +87,9 @@ def redact(dsn: str) -> str:
     netloc = parts.netloc
     if parts.password is not None:
         netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
     query = urlencode(
-        [
-            (k, "***" if k == "password" else v)
-            for k, v in parse_qsl(parts.query, keep_blank_values=True)
-        ]
+        [(k, "***" if k == "password" else v) for k, v in pairs], safe="*", quote_via=quote
     )
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 

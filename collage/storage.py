@@ -32,8 +32,9 @@ MAX_OBJECT_BYTES = 80 * 1024 * 1024
 CONNECT_TIMEOUT_S = 5
 READ_TIMEOUT_S = 20
 MAX_ATTEMPTS = 3
-# The longest one S3 call can take before boto3 gives up on it.
-LONGEST_CALL_S = MAX_ATTEMPTS * (CONNECT_TIMEOUT_S + READ_TIMEOUT_S)
+# About the longest one S3 call takes before boto3 gives up on it (its backoff between attempts
+# included; a body still trickling in can take longer, read_timeout being per socket read).
+LONGEST_CALL_S = MAX_ATTEMPTS * (CONNECT_TIMEOUT_S + READ_TIMEOUT_S) + 10
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 _UNSAFE_CHARS = set("\\") | {chr(c) for c in range(32)} | {chr(127)}
 

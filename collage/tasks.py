@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -114,17 +115,19 @@ async def build(context: JobContext, product_id: int, attempt: int = 0) -> str:
         return "skipped"
     built: Built | None = None
     failure: Exception | None = None
-    uploading = False
+    put: asyncio.Future[Built] | None = None
     try:
         made = await make_collage(runtime, product)
-        uploading = True
-        built = await upload(runtime, made)
+        put = asyncio.ensure_future(upload(runtime, made))
+        built = await asyncio.shield(put)
     except asyncio.CancelledError:
-        # The worker is shutting down past its grace period: queue the SKU for whoever is next.
-        # An upload cut off here may still land later (its thread cannot be stopped), so the
-        # next build waits until it has surely finished, lest it land on a newer collage.
-        delay = LONGEST_CALL_S if uploading else None
-        await asyncio.shield(_enqueue_again(context, product.id, delay_s=delay))
+        # The worker is shutting down past its grace period. An upload in flight cannot be
+        # stopped: keep the SKU's lock until it has landed or failed, or a newer build could
+        # finish first and be overwritten. Then queue the SKU for whoever is next.
+        if put is not None and not put.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(put), LONGEST_CALL_S)
+        await asyncio.shield(_enqueue_again(context, product.id))
         raise
     except Exception as exc:
         failure = exc
@@ -282,9 +285,9 @@ def connection(context: JobContext) -> AbstractAsyncContextManager[AsyncConnecti
     return context.app.connector.pool.connection()  # type: ignore[attr-defined, no-any-return]
 
 
-async def _enqueue_again(context: JobContext, product_id: int, *, delay_s: float | None) -> None:
+async def _enqueue_again(context: JobContext, product_id: int) -> None:
     async with connection(context) as conn:
-        await products.enqueue(conn, product_id, delay_s=delay_s)
+        await products.enqueue(conn, product_id)
     _log("collage interrupted; queued again", product_id, outcome="interrupted")
     metrics.record_outcome("interrupted", duration_s=0.0)
 

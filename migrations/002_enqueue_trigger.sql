@@ -38,10 +38,9 @@ CREATE OR REPLACE FUNCTION collage_enqueue_uploaded() RETURNS trigger
 LANGUAGE plpgsql
 AS $$
 BEGIN
-    -- A new upload (anything but the hourly retry moving an 'error' row straight back) gives
-    -- the SKU its automatic retry rounds afresh.
-    IF TG_OP = 'INSERT' OR OLD.image_status IS DISTINCT FROM 'error'
-       OR OLD.image_urls IS DISTINCT FROM NEW.image_urls THEN
+    -- A new upload gives the SKU its automatic retry rounds afresh; the hourly retry itself
+    -- (which marks its transaction with SET LOCAL collage.hourly_retry) keeps the count.
+    IF current_setting('collage.hourly_retry', true) IS DISTINCT FROM 'on' THEN
         DELETE FROM collage_retry_rounds WHERE product_id = NEW.id;
     END IF;
     PERFORM collage_enqueue(NEW.id);

@@ -1,8 +1,8 @@
 -- collage: no-transaction
 -- Indexes on tables that staging already fills: built CONCURRENTLY so the downloader's writes
 -- and the queue are not blocked while they build. Each statement runs on its own (CONCURRENTLY
--- cannot run in a transaction); IF NOT EXISTS makes a re-run after a failure safe. A failed
--- CONCURRENTLY build leaves an INVALID index behind: drop it, then run `collage migrate` again.
+-- cannot run in a transaction); a re-run after a failure is safe: `collage migrate` drops and
+-- rebuilds an index that a failed CONCURRENTLY build left INVALID.
 
 -- The sweep and the error retry look for SKUs by status.
 CREATE INDEX CONCURRENTLY IF NOT EXISTS raw_products_image_status_updated_idx

@@ -86,6 +86,10 @@ def test_absurd_filter_values_are_usage_errors(settings: Settings) -> None:
     assert too_big.exit_code == 2 and "--id" in too_big.output
     too_long = run(settings, "requeue", "--older-than", "999999999999d")
     assert too_long.exit_code == 2 and "is more than 3650 days" in too_long.output
+    odd_digits = run(settings, "requeue", "--older-than", "²d")
+    assert odd_digits.exit_code == 2 and "is not a duration" in odd_digits.output
+    long_drain = run(settings, "worker", "--graceful-timeout", "600")
+    assert long_drain.exit_code == 2 and "--graceful-timeout" in long_drain.output
 
 
 def test_migrate_status_then_migrate(settings: Settings, empty_db: str) -> None:

@@ -134,7 +134,13 @@ def test_a_new_upload_restores_the_automatic_retry_rounds(db: psycopg.Connection
     # The downloader fetches new photos: 'error' -> 'pending' -> 'uploaded'.
     db.execute("UPDATE raw_products SET image_status = 'pending' WHERE id = %s", [exhausted])
     db.execute("UPDATE raw_products SET image_status = 'uploaded' WHERE id = %s", [exhausted])
-    # The hourly retry moves an 'error' row straight back: its count must stay.
-    db.execute("UPDATE raw_products SET image_status = 'uploaded' WHERE id = %s", [retried])
+    # The downloader re-uploads an errored SKU with the same URLs, straight to 'uploaded'.
+    same_urls = _insert(db, status="error")
+    db.execute("INSERT INTO collage_retry_rounds (product_id, rounds) VALUES (%s, 3)", [same_urls])
+    db.execute("UPDATE raw_products SET image_status = 'uploaded' WHERE id = %s", [same_urls])
+    # The hourly retry marks its own transaction: its count must stay.
+    with db.transaction():
+        db.execute("SET LOCAL collage.hourly_retry = 'on'")
+        db.execute("UPDATE raw_products SET image_status = 'uploaded' WHERE id = %s", [retried])
     rounds = dict(db.execute("SELECT product_id, rounds FROM collage_retry_rounds").fetchall())
     assert rounds == {retried: 1}

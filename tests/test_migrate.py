@@ -117,3 +117,38 @@ def test_indexes_on_existing_tables_are_built_concurrently_and_valid(empty_db: s
     indexes = next(m for m in migrate.project_migrations() if m.name == "004_indexes.sql")
     assert not indexes.transactional
     assert all("CONCURRENTLY" in statement for statement in indexes.statements())
+
+
+def test_a_file_edited_after_it_was_applied_stops_the_migration(
+    empty_db: str, tmp_path: Path
+) -> None:
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    (folder / "001_a.sql").write_text("CREATE TABLE a (n int);")
+    migrate.apply(empty_db, folder=folder)
+    (folder / "001_a.sql").write_text("CREATE TABLE a (n int, m int);")
+    (folder / "002_b.sql").write_text("CREATE TABLE b (n int);")
+    try:
+        migrate.apply(empty_db, folder=folder)
+    except RuntimeError as exc:
+        assert "001_a.sql changed after being applied; put changes in a new file" in str(exc)
+    else:
+        raise AssertionError("an edited migration should stop the run")
+    assert "b" not in _tables(empty_db)
+
+
+def test_an_index_left_invalid_by_a_failed_run_is_rebuilt(empty_db: str) -> None:
+    migrate.apply(empty_db)
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        # What a cancelled CREATE INDEX CONCURRENTLY leaves behind.
+        conn.execute(
+            "UPDATE pg_index SET indisvalid = false"
+            " WHERE indexrelid = 'collage_jobs_lock_idx'::regclass"
+        )
+        conn.execute("DELETE FROM collage_migrations WHERE name = '004_indexes.sql'")
+    assert migrate.apply(empty_db) == ["004_indexes.sql"]
+    with psycopg.connect(empty_db) as conn:
+        valid = conn.execute(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = 'collage_jobs_lock_idx'::regclass"
+        ).fetchone()
+    assert valid == (True,)
