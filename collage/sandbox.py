@@ -235,13 +235,16 @@ class Fault:
     delay_s: float = 0.0
 
 
+FaultRule = Callable[[str, str], "Fault | None"]
+
+
 class FaultyProxy:
     """An HTTP proxy in front of the S3 server that fails or stalls requests on demand.
 
     `rule(method, path)` returns a Fault (or None to pass the request through untouched).
     """
 
-    def __init__(self, upstream: str, rule: Callable[[str, str], Fault | None]) -> None:
+    def __init__(self, upstream: str, rule: FaultRule) -> None:
         self.upstream = urlsplit(upstream)
         self.rule = rule
         self.seen: list[tuple[str, str, int]] = []

@@ -199,3 +199,20 @@ def start_worker() -> Iterator[Callable[..., WorkerThread]]:
     yield start
     for worker in started:
         worker.stop()
+
+
+FaultyS3 = Callable[[sandbox.FaultRule], sandbox.FaultyProxy]
+
+
+@pytest.fixture
+def faulty_s3(settings: Settings) -> Iterator[FaultyS3]:
+    """Put a fault-injecting proxy in front of the test's S3; closed after the test."""
+    proxies: list[sandbox.FaultyProxy] = []
+
+    def make(rule: sandbox.FaultRule) -> sandbox.FaultyProxy:
+        proxies.append(sandbox.FaultyProxy(settings.s3_endpoint, rule))
+        return proxies[-1]
+
+    yield make
+    for proxy in proxies:
+        proxy.close()

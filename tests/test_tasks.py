@@ -16,7 +16,7 @@ from PIL import Image
 from collage import sandbox, tasks
 from collage.cli import main
 from collage.settings import Settings
-from tests.conftest import WorkerThread
+from tests.conftest import FaultyS3, WorkerThread
 from tests.photos import jpeg
 
 StartWorker = Callable[..., WorkerThread]
@@ -140,7 +140,12 @@ def test_a_broken_sku_ends_in_error_with_a_message_an_operator_can_act_on(
 
 
 def test_transient_s3_failures_are_retried_until_the_sku_succeeds(
-    db: psycopg.Connection, settings: Settings, s3, start_worker: StartWorker, monkeypatch
+    db: psycopg.Connection,
+    settings: Settings,
+    s3,
+    start_worker: StartWorker,
+    faulty_s3: FaultyS3,
+    monkeypatch,
 ) -> None:
     urls = upload(s3, settings, {"a.jpg": jpeg(60, 80), "b.jpg": jpeg(60, 80, seed=4)})
     failures = {"left": 8}  # more than boto3's own 3 tries: the job itself must retry
@@ -151,14 +156,11 @@ def test_transient_s3_failures_are_retried_until_the_sku_succeeds(
             return sandbox.Fault(status=503)
         return None
 
-    proxy = sandbox.FaultyProxy(settings.s3_endpoint, rule)
+    proxy = faulty_s3(rule)
     monkeypatch.setattr(tasks, "BACKOFF_BASE_S", 0.2)
-    try:
-        start_worker(settings.replace(s3_endpoint=proxy.endpoint))
-        pid = add_product(db, urls)
-        status, _, error = wait_settled(db, pid, timeout=60)
-    finally:
-        proxy.close()
+    start_worker(settings.replace(s3_endpoint=proxy.endpoint))
+    pid = add_product(db, urls)
+    status, _, error = wait_settled(db, pid, timeout=60)
     assert (status, error) == ("collage_ready", None)
     outcomes = [r[0] for r in db.execute("SELECT outcome FROM collage_outcomes ORDER BY id")]
     assert outcomes[-1] == "built" and "retry" in outcomes
@@ -166,13 +168,15 @@ def test_transient_s3_failures_are_retried_until_the_sku_succeeds(
 
 
 def test_a_sku_that_keeps_failing_transiently_gives_up_with_the_cause(
-    db: psycopg.Connection, settings: Settings, s3, start_worker: StartWorker, monkeypatch
+    db: psycopg.Connection,
+    settings: Settings,
+    s3,
+    start_worker: StartWorker,
+    faulty_s3: FaultyS3,
+    monkeypatch,
 ) -> None:
     urls = upload(s3, settings, {"a.jpg": jpeg(60, 80)})
-    proxy = sandbox.FaultyProxy(
-        settings.s3_endpoint,
-        lambda method, path: sandbox.Fault(status=500) if method == "GET" else None,
-    )
+    proxy = faulty_s3(lambda method, path: sandbox.Fault(status=500) if method == "GET" else None)
     monkeypatch.setattr(tasks, "BACKOFF_BASE_S", 0.05)
     monkeypatch.setattr(tasks, "MAX_ATTEMPTS", 3)
     try:
@@ -187,11 +191,8 @@ def test_a_sku_that_keeps_failing_transiently_gives_up_with_the_cause(
     assert stuck.fetchone() == (0,)
 
 
-def _slow_gets(settings: Settings, seconds: float) -> sandbox.FaultyProxy:
-    return sandbox.FaultyProxy(
-        settings.s3_endpoint,
-        lambda method, path: sandbox.Fault(delay_s=seconds) if method == "GET" else None,
-    )
+def _slow_gets(seconds: float) -> sandbox.FaultRule:
+    return lambda method, path: sandbox.Fault(delay_s=seconds) if method == "GET" else None
 
 
 def _wait_running(db: psycopg.Connection, product_id: int) -> None:
@@ -206,19 +207,16 @@ def _wait_running(db: psycopg.Connection, product_id: int) -> None:
 
 
 def test_a_reupload_during_a_build_wins_over_the_stale_result(
-    db: psycopg.Connection, settings: Settings, s3, start_worker: StartWorker
+    db: psycopg.Connection, settings: Settings, s3, start_worker: StartWorker, faulty_s3: FaultyS3
 ) -> None:
     old = upload(s3, settings, {"old.jpg": jpeg(100, 100, seed=1)})
     new = upload(s3, settings, {"new1.jpg": jpeg(100, 100, seed=2), "new2.jpg": jpeg(50, 100)})
-    proxy = _slow_gets(settings, 0.5)
-    try:
-        start_worker(settings.replace(s3_endpoint=proxy.endpoint))
-        pid = add_product(db, old, external_id="RE-1")
-        _wait_running(db, pid)
-        db.execute("UPDATE raw_products SET image_urls = %s WHERE id = %s", [json.dumps(new), pid])
-        status, _, _ = wait_settled(db, pid, timeout=60)
-    finally:
-        proxy.close()
+    proxy = faulty_s3(_slow_gets(0.5))
+    start_worker(settings.replace(s3_endpoint=proxy.endpoint))
+    pid = add_product(db, old, external_id="RE-1")
+    _wait_running(db, pid)
+    db.execute("UPDATE raw_products SET image_urls = %s WHERE id = %s", [json.dumps(new), pid])
+    status, _, _ = wait_settled(db, pid, timeout=60)
     assert status == "collage_ready"
     body = s3.get_object(Bucket=settings.s3_bucket, Key="collages/zara/RE-1.jpg")["Body"].read()
     assert Image.open(io.BytesIO(body)).size == (150, 100)  # the two new photos, not the old one
@@ -227,7 +225,12 @@ def test_a_reupload_during_a_build_wins_over_the_stale_result(
 
 
 def test_a_failed_build_with_a_waiting_job_never_strands_a_job_in_doing(
-    db: psycopg.Connection, settings: Settings, s3, start_worker: StartWorker, monkeypatch
+    db: psycopg.Connection,
+    settings: Settings,
+    s3,
+    start_worker: StartWorker,
+    faulty_s3: FaultyS3,
+    monkeypatch,
 ) -> None:
     # Procrastinate issues #1446/#1543: a retry colliding with a waiting job's queueing lock.
     urls = upload(s3, settings, {"a.jpg": jpeg(60, 80)})
@@ -239,22 +242,19 @@ def test_a_failed_build_with_a_waiting_job_never_strands_a_job_in_doing(
         calls["n"] += 1
         return sandbox.Fault(status=503, delay_s=0.5) if calls["n"] <= 4 else None
 
-    proxy = sandbox.FaultyProxy(settings.s3_endpoint, rule)
+    proxy = faulty_s3(rule)
     monkeypatch.setattr(tasks, "BACKOFF_BASE_S", 0.1)
-    try:
-        start_worker(settings.replace(s3_endpoint=proxy.endpoint))
-        pid = add_product(db, urls)
-        _wait_running(db, pid)
-        db.execute("UPDATE raw_products SET image_status = 'pending' WHERE id = %s", [pid])
-        db.execute("UPDATE raw_products SET image_status = 'uploaded' WHERE id = %s", [pid])
-        waiting = db.execute(
-            "SELECT count(*) FROM procrastinate_jobs WHERE lock = %s AND status = 'todo'",
-            [f"product:{pid}"],
-        ).fetchone()
-        assert waiting == (1,)  # the second job waits while the first one is failing
-        status, _, _ = wait_settled(db, pid, timeout=60)
-    finally:
-        proxy.close()
+    start_worker(settings.replace(s3_endpoint=proxy.endpoint))
+    pid = add_product(db, urls)
+    _wait_running(db, pid)
+    db.execute("UPDATE raw_products SET image_status = 'pending' WHERE id = %s", [pid])
+    db.execute("UPDATE raw_products SET image_status = 'uploaded' WHERE id = %s", [pid])
+    waiting = db.execute(
+        "SELECT count(*) FROM procrastinate_jobs WHERE lock = %s AND status = 'todo'",
+        [f"product:{pid}"],
+    ).fetchone()
+    assert waiting == (1,)  # the second job waits while the first one is failing
+    status, _, _ = wait_settled(db, pid, timeout=60)
     assert status == "collage_ready"
     statuses = db.execute(
         "SELECT status::text FROM procrastinate_jobs WHERE lock = %s", [f"product:{pid}"]
