@@ -1,7 +1,8 @@
 """The Procrastinate app: queries through the transaction pool, LISTEN through the session pool.
 
 Nothing connects or reads the environment at import: `app` (for `procrastinate --app=...`)
-resolves its settings on its first connection; `collage worker` builds its own with `make_app`.
+resolves its settings on its first connection; `collage worker` and the tests point it at
+their own settings with `bind`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import procrastinate
 import psycopg
 
+from collage.errors import one_line
 from collage.settings import Settings, from_environment
 
 logger = logging.getLogger(__name__)
@@ -36,8 +38,9 @@ class SplitConnector(procrastinate.PsycopgConnector):
 
     Procrastinate opens LISTEN from its pool's settings, which in production point at a
     transaction-mode PgBouncer where notifications never arrive. This overrides that one
-    private hook (tested in tests/test_app.py against a real PgBouncer) and keeps retrying the
-    connection through an outage, so LISTEN comes back instead of dying silently.
+    private hook, and keeps retrying the connection through an outage so that LISTEN comes
+    back instead of dying silently. tests/test_tasks.py runs a worker through real PgBouncer
+    pools with polling off; tests/test_faults.py restarts them under it.
     """
 
     def __init__(self, *, listen_conninfo: Callable[[], str], **pool_kwargs: Any) -> None:
@@ -56,7 +59,7 @@ class SplitConnector(procrastinate.PsycopgConnector):
             except psycopg.OperationalError as exc:
                 logger.warning(
                     "listen connection failed; retrying",
-                    extra={"action": "listen", "error": str(exc).strip(), "retry_in_s": delay},
+                    extra={"action": "listen", "error": one_line(exc), "retry_in_s": delay},
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, LISTEN_RECONNECT_MAX_S)

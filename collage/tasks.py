@@ -1,4 +1,7 @@
-"""The jobs: build one SKU's collage, and the periodic sweep, retry, rescue and clean-up."""
+"""The build job: download a SKU's photos, join them, upload the collage, record the result.
+
+The periodic tasks are in maintenance.py.
+"""
 
 from __future__ import annotations
 
