@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import click
 import psycopg
 
-from collage import health, logs, migrate, queue
+from collage import health, inspection, logs, migrate
 from collage.app import STALLED_WORKER_S
 from collage.errors import CollageError, ConfigError, one_line
 from collage.settings import Settings, redact
@@ -230,12 +230,12 @@ def requeue_command(
     yes: bool,
 ) -> None:
     """Put errored SKUs back in the queue (they become 'uploaded'; the trigger queues them)."""
-    where = queue.RequeueFilter(
+    where = inspection.RequeueFilter(
         brand=brand, ids=ids, error_like=error_like, older_than=older_than, limit=limit
     )
     settings = load_settings()
-    with queue.connect(settings.db_url) as conn:
-        rows = queue.errored(conn, where)
+    with inspection.connect(settings.db_url) as conn:
+        rows = inspection.errored(conn, where)
         if not rows:
             click.echo("no errored SKU matches")
             return
@@ -254,7 +254,7 @@ def requeue_command(
         with click.progressbar(
             length=len(ids_to_requeue), label="requeueing", file=sys.stderr
         ) as bar:
-            for count in queue.requeue(conn, ids_to_requeue):
+            for count in inspection.requeue(conn, ids_to_requeue):
                 done += count
                 bar.update(count)
     click.echo(f"requeued {done} SKU(s)")
@@ -267,12 +267,12 @@ def requeue_command(
 def jobs_command(as_json: bool, failures: int) -> None:
     """Show the queue at a glance: counts, oldest waiting, running, failures, stalled."""
     settings = load_settings()
-    with queue.connect(settings.db_url) as conn:
+    with inspection.connect(settings.db_url) as conn:
         report = {
-            "summary": queue.summary(conn),
-            "running": queue.running(conn),
-            "recent_failures": queue.recent_failures(conn, limit=failures),
-            "stalled": queue.stalled(conn),
+            "summary": inspection.summary(conn),
+            "running": inspection.running(conn),
+            "recent_failures": inspection.recent_failures(conn, limit=failures),
+            "stalled": inspection.stalled(conn),
         }
     if as_json:
         click.echo(json.dumps(report, default=_json_value, indent=2))
@@ -302,14 +302,14 @@ def jobs_command(as_json: bool, failures: int) -> None:
 def show_command(ref: str) -> None:
     """Show one SKU: its row, its latest job and every job it had."""
     settings = load_settings()
-    with queue.connect(settings.db_url) as conn:
+    with inspection.connect(settings.db_url) as conn:
         try:
-            row = queue.find_product(conn, ref)
+            row = inspection.find_product(conn, ref)
         except ValueError as exc:
             raise Fail(str(exc)) from None
         if row is None:
             raise Fail(f"no SKU {ref}")
-        jobs = queue.history(conn, row["product_id"])
+        jobs = inspection.history(conn, row["product_id"])
     for key, value in row.items():
         click.echo(f"{key:>14}: {_cell(value)}")
     _table(

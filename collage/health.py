@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from collage import queue
+from collage import inspection
 from collage.errors import one_line
 from collage.settings import Settings, redact
 from collage.storage import Bucket
@@ -54,8 +54,8 @@ def _bucket(settings: Settings) -> str:
 
 
 def _heartbeat(dsn: str) -> str:
-    with queue.connect(dsn) as conn:
-        age = queue.heartbeat_age_s(conn)
+    with inspection.connect(dsn) as conn:
+        age = inspection.heartbeat_age_s(conn)
     if age is None:
         raise RuntimeError("no worker has registered")
     if age > HEARTBEAT_MAX_AGE_S:

@@ -20,7 +20,6 @@ from psycopg import sql
 
 logger = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 PROCRASTINATE_PREFIX = "procrastinate/"
 # Any constant works as long as nothing else in the database uses it for another purpose.
 ADVISORY_LOCK_KEY = 7_324_019_551
@@ -83,14 +82,20 @@ def procrastinate_migrations() -> list[Migration]:
     ]
 
 
-def project_migrations(folder: Path = MIGRATIONS_DIR) -> list[Migration]:
+def shipped_migrations() -> Path:
+    """The folder of this project's migration files as installed (top-level migrations/ in a checkout)."""
+    return Path(str(resources.files("collage.migrations")))
+
+
+def project_migrations(folder: Path | None = None) -> list[Migration]:
     """List this project's migration files, in the order their numbers give."""
+    folder = folder or shipped_migrations()
     if not folder.is_dir():
         raise FileNotFoundError(f"migrations folder not found: {folder}")
     return [Migration(path.name, path) for path in sorted(folder.glob("*.sql"))]
 
 
-def status(dsn: str, *, folder: Path = MIGRATIONS_DIR) -> Status:
+def status(dsn: str, *, folder: Path | None = None) -> Status:
     """Compare the ledger with the shipped files without changing anything."""
     with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn:
         applied = _applied(conn)
@@ -101,7 +106,7 @@ def status(dsn: str, *, folder: Path = MIGRATIONS_DIR) -> Status:
     return Status(applied=sorted(applied), pending=pending)
 
 
-def apply(dsn: str, *, folder: Path = MIGRATIONS_DIR) -> list[str]:
+def apply(dsn: str, *, folder: Path | None = None) -> list[str]:
     """Apply whatever is pending and return the names applied (empty when up to date)."""
     done: list[str] = []
     with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn:
@@ -151,7 +156,7 @@ def _take_lock(conn: psycopg.Connection) -> None:
         time.sleep(LOCK_POLL_S)
 
 
-def _pending(applied: set[str], has_procrastinate: bool, folder: Path) -> list[Migration]:
+def _pending(applied: set[str], has_procrastinate: bool, folder: Path | None) -> list[Migration]:
     theirs = procrastinate_migrations() if has_procrastinate else []
     return [m for m in [*theirs, *project_migrations(folder)] if m.name not in applied]
 

@@ -14,8 +14,11 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from collage import migrate, sandbox
+from collage import migrate
 from collage.settings import Settings
+from dev import sandbox
+from tests.support.processes import Cluster, Db, Rig, pg_bindir, throwaway_cluster
+from tests.support.s3proxy import FaultRule, FaultyProxy
 
 DEFAULT_TEST_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 S3_KEY = sandbox.S3_KEY
@@ -201,18 +204,64 @@ def start_worker() -> Iterator[Callable[..., WorkerThread]]:
         worker.stop()
 
 
-FaultyS3 = Callable[[sandbox.FaultRule], sandbox.FaultyProxy]
+FaultyS3 = Callable[[FaultRule], FaultyProxy]
 
 
 @pytest.fixture
 def faulty_s3(settings: Settings) -> Iterator[FaultyS3]:
     """Put a fault-injecting proxy in front of the test's S3; closed after the test."""
-    proxies: list[sandbox.FaultyProxy] = []
+    proxies: list[FaultyProxy] = []
 
-    def make(rule: sandbox.FaultRule) -> sandbox.FaultyProxy:
-        proxies.append(sandbox.FaultyProxy(settings.s3_endpoint, rule))
+    def make(rule: FaultRule) -> FaultyProxy:
+        proxies.append(FaultyProxy(settings.s3_endpoint, rule))
         return proxies[-1]
 
     yield make
     for proxy in proxies:
         proxy.close()
+
+
+# --- a PostgreSQL cluster of the tests' own, for the fault and load tests -----------------
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    """A PostgreSQL cluster these tests may restart; shared by the run, deleted after."""
+    bindir = pg_bindir()
+    if bindir is None:
+        missing_service("PostgreSQL's initdb and pg_ctl (apt-get install postgresql-15)")
+    assert bindir is not None
+    with throwaway_cluster(bindir) as made:
+        yield made
+
+
+@pytest.fixture(scope="session")
+def cluster_template(cluster: Cluster) -> str:
+    """A migrated database in the throwaway cluster, cloned by every test."""
+    dsn = sandbox.create_database(cluster.dsn, prefix="collage_tpl")
+    migrate.apply(dsn)
+    return str(conninfo_to_dict(dsn)["dbname"])
+
+
+@pytest.fixture
+def fault_dsn(cluster: Cluster, cluster_template: str) -> Iterator[str]:
+    dsn = sandbox.create_database(cluster.dsn, template=cluster_template, prefix="collage_fault")
+    yield dsn
+    sandbox.drop_database(cluster.dsn, dsn)
+
+
+@pytest.fixture
+def fdb(fault_dsn: str) -> Iterator[Db]:
+    db = Db(fault_dsn)
+    yield db
+    db.close()
+
+
+@pytest.fixture
+def rig(fault_dsn: str, s3_endpoint: str, s3_bucket: str, tmp_path: Path) -> Iterator[Rig]:
+    made = Rig(fault_dsn, s3_endpoint, s3_bucket, tmp_path)
+    yield made
+    for number, worker in enumerate(made.workers, start=1):
+        code = worker.stop()
+        # Shown by pytest when the test failed: what each worker said last.
+        print(f"--- worker {number} (exit {code}) ---\n{worker.tail(30)}")

@@ -10,10 +10,11 @@ import urllib.request
 import psycopg
 import pytest
 
-from collage import logs, metrics, sandbox
+from collage import logs, metrics
 from collage.settings import Settings
-from tests.photos import jpeg
-from tests.test_tasks import StartWorker, add_product, upload, wait_settled
+from dev import sandbox
+from dev.photos import jpeg
+from tests.support.skus import StartWorker, add_product, upload, wait_settled
 
 
 def scrape(port: int) -> dict[str, float]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import subprocess
@@ -11,12 +10,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from PIL import Image
 
-from collage import imaging, sandbox
+from collage import imaging
 from collage.settings import Settings
-from tests.test_cli import env_of
-from tests.test_tasks import add_product, upload
+from dev import sandbox
+from dev.photos import noisy_jpeg
+from tests.support.skus import add_product, env_of, upload
 
 WORKER_LIMIT_BYTES = 4 * 1024**3
 
@@ -28,13 +27,6 @@ def _peak_rss(pid: int) -> int:
     raise AssertionError("no VmHWM in /proc")
 
 
-def _big_photo(width: int, height: int) -> bytes:
-    noise = Image.effect_noise((width // 8, height // 8), 50).resize((width, height))
-    out = io.BytesIO()
-    Image.merge("RGB", (noise, noise.rotate(90, expand=False), noise)).save(out, "JPEG", quality=90)
-    return out.getvalue()
-
-
 @pytest.mark.slow
 def test_two_collages_at_the_canvas_budget_fit_well_inside_a_4_gb_worker(
     db: psycopg.Connection, settings: Settings, s3
@@ -43,9 +35,9 @@ def test_two_collages_at_the_canvas_budget_fit_well_inside_a_4_gb_worker(
     # photos (28,000 x 5,000), and a tiny photo upscaled to most of a 12,040 x 12,000 canvas.
     budget = imaging.Limits().max_canvas_pixels
     assert max(28_000 * 5_000, 12_040 * 12_000) <= budget
-    wide = upload(s3, settings, {f"wide/{n}.jpg": _big_photo(4000, 5000) for n in range(7)})
+    wide = upload(s3, settings, {f"wide/{n}.jpg": noisy_jpeg(4000, 5000) for n in range(7)})
     tall = upload(
-        s3, settings, {"tall/1.jpg": _big_photo(1000, 12000), "tall/2.jpg": _big_photo(92, 100)}
+        s3, settings, {"tall/1.jpg": noisy_jpeg(1000, 12000), "tall/2.jpg": noisy_jpeg(92, 100)}
     )
     worker = subprocess.Popen(
         [str(Path(sys.executable).parent / "collage"), "worker", "-c", "2"],

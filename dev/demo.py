@@ -21,11 +21,13 @@ from pathlib import Path
 
 import click
 import psycopg
-from PIL import Image, ImageChops, ImageDraw
+from PIL import Image, ImageChops
 
-from collage import logs, migrate, sandbox
+from collage import logs, migrate
 from collage.settings import Settings
 from collage.worker import supervise
+from dev import sandbox
+from dev.photos import garment
 
 LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 BUCKET = "unde-images"
@@ -45,36 +47,6 @@ class Sku:
     photos: dict[str, bytes] = field(default_factory=dict)
     urls: list[str] = field(default_factory=list)
     broken: str | None = None
-
-
-def garment(rng: random.Random, view: str, *, width: int, height: int) -> Image.Image:
-    """Draw a product-like photo: a garment silhouette on a studio background, labelled."""
-    background = tuple(rng.randrange(225, 250) for _ in range(3))
-    colour = tuple(rng.randrange(30, 220) for _ in range(3))
-    image = Image.new("RGB", (width, height), background)  # type: ignore[arg-type]
-    draw = ImageDraw.Draw(image)
-    w, h = width, height
-    body = [
-        (0.30 * w, 0.18 * h),
-        (0.42 * w, 0.12 * h),
-        (0.58 * w, 0.12 * h),
-        (0.70 * w, 0.18 * h),
-        (0.90 * w, 0.35 * h),
-        (0.80 * w, 0.42 * h),
-        (0.70 * w, 0.34 * h),
-        (0.70 * w, 0.88 * h),
-        (0.30 * w, 0.88 * h),
-        (0.30 * w, 0.34 * h),
-        (0.20 * w, 0.42 * h),
-        (0.10 * w, 0.35 * h),
-    ]
-    draw.polygon(body, fill=colour)  # type: ignore[arg-type]
-    for _ in range(rng.randrange(3, 9)):  # a print on the fabric
-        x, y = rng.uniform(0.35, 0.6) * w, rng.uniform(0.3, 0.75) * h
-        r = rng.uniform(0.02, 0.06) * w
-        draw.ellipse((x, y, x + r, y + r), fill=tuple(rng.randrange(256) for _ in range(3)))
-    draw.text((0.04 * w, 0.04 * h), view, fill=(60, 60, 60), font_size=max(12, h // 18))
-    return image
 
 
 def encode(image: Image.Image, kind: str) -> tuple[str, bytes]:

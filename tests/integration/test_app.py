@@ -12,9 +12,8 @@ import psycopg
 
 from collage.app import MAINTENANCE_PRIORITY, app
 from collage.settings import Settings
-from tests.photos import jpeg
-from tests.test_cli import env_of
-from tests.test_tasks import add_product, upload, wait_settled
+from dev.photos import jpeg
+from tests.support.skus import add_product, env_of, upload, wait_settled
 
 
 def test_importing_the_app_connects_to_nothing_and_reads_no_environment() -> None:

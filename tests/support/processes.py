@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import io
 import itertools
@@ -10,13 +11,12 @@ import json
 import os
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+import uuid
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,8 +25,9 @@ from typing import Any
 
 import psycopg
 from PIL import Image
+from psycopg.types.json import Jsonb
 
-from collage import sandbox
+from dev import sandbox
 
 S3_KEY = sandbox.S3_KEY
 PG_BINDIRS = ("/usr/lib/postgresql/15/bin", *sorted(glob.glob("/usr/lib/postgresql/*/bin")))
@@ -273,93 +274,6 @@ class WorkerProcess:
         return self.process.returncode
 
 
-@dataclass
-class SlowGets:
-    """A FaultyProxy rule: hold every photo GET for `delay_s`, until released.
-
-    The wait is an Event, not a sleep, so releasing it ends every stall at once (teardown
-    never waits for a stalled request). Requests are recorded with their start time.
-    """
-
-    delay_s: float
-    released: threading.Event = field(default_factory=threading.Event)
-    requests: list[tuple[float, str, str]] = field(default_factory=list)
-
-    def __call__(self, method: str, path: str) -> sandbox.Fault | None:
-        self.requests.append((time.monotonic(), method, path))
-        if method == "GET" and "/collages/" not in path and not self.released.is_set():
-            self.released.wait(self.delay_s)
-        return None
-
-    def gets(self) -> int:
-        return sum(1 for _, method, _ in self.requests if method == "GET")
-
-
-class StallingS3:
-    """A server that answers a GET with headers and the first bytes of the body, then stalls.
-
-    What a half-dead connection to S3 looks like from the client: the response started, and
-    the rest never comes. `close()` ends every stall.
-    """
-
-    def __init__(self, *, declared: int = 10_000, sent: int = 100) -> None:
-        self.declared, self.sent = declared, sent
-        self.release = threading.Event()
-        self.connections = 0
-        self._sock = socket.socket()
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen()
-        self._sock.settimeout(0.1)
-        self.endpoint = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-        self._threads: list[threading.Thread] = []
-        self._accepter = threading.Thread(target=self._accept, daemon=True)
-        self._accepter.start()
-
-    def _accept(self) -> None:
-        while not self.release.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.connections += 1
-            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(5)
-            request = b""
-            with contextlib.suppress(OSError):
-                while b"\r\n\r\n" not in request:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    request += chunk
-                conn.sendall(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\n"
-                    + f"Content-Length: {self.declared}\r\n\r\n".encode()
-                    + b"\xff" * self.sent
-                )
-                self.release.wait(60)
-
-    def close(self) -> None:
-        self.release.set()
-        self._accepter.join(5)
-        self._sock.close()
-        for thread in self._threads:
-            thread.join(5)
-
-
-def solid_jpeg(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
-    """A one-colour JPEG: its colour survives scaling, so a collage's pixels say which it is."""
-    out = io.BytesIO()
-    Image.new("RGB", (width, height), rgb).save(out, "JPEG", quality=95, subsampling=0)
-    return out.getvalue()
-
-
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG that claims `width` x `height` in its header and has no pixel data at all."""
 
@@ -481,3 +395,120 @@ def defer_rescue(db: Db) -> None:
             " 'collage.rescue', '{\"timestamp\": 0}'::jsonb, NULL)"
             "::procrastinate_job_to_defer_v1])"
         )
+
+
+RED, BLUE, GREEN = (220, 30, 30), (30, 30, 220), (30, 200, 30)
+# Procrastinate polls every POLLING_INTERVAL_S (1 s); a pickup this fast came from LISTEN.
+LISTEN_PICKUP_S = 0.2
+
+
+@dataclass
+class Rig:
+    """One test's database, bucket and worker processes (all stopped at teardown)."""
+
+    dsn: str
+    s3_endpoint: str
+    bucket: str
+    folder: Path
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    @functools.cached_property
+    def s3(self) -> Any:
+        return s3_client(self.s3_endpoint)
+
+    @property
+    def public_url(self) -> str:
+        return f"{self.s3_endpoint}/{self.bucket}"
+
+    def upload(self, photos: dict[str, bytes]) -> list[str]:
+        client = self.s3
+        for key, data in photos.items():
+            client.put_object(Bucket=self.bucket, Key=key, Body=data)
+        return [f"s3://{self.bucket}/{key}" for key in photos]
+
+    def spawn(
+        self,
+        *args: str,
+        s3_endpoint: str | None = None,
+        db_url: str | None = None,
+        db_session_url: str | None = None,
+        ready_timeout: float = 30,
+    ) -> WorkerProcess:
+        """Start `collage worker ARGS` and wait until it is registered and listening."""
+        env = worker_env(
+            db_url=db_url or self.dsn,
+            db_session_url=db_session_url or db_url or self.dsn,
+            s3_endpoint=s3_endpoint or self.s3_endpoint,
+            s3_key=S3_KEY,
+            bucket=self.bucket,
+            public_url=self.public_url,
+            temp_dir=self.folder / "scratch",
+        )
+        number = len(self.workers) + 1
+        worker = WorkerProcess(env, self.folder / f"worker-{number}.log", args)
+        self.workers.append(worker)
+        alive = sum(1 for w in self.workers if w.alive())
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+
+            def ready() -> bool:
+                if not worker.alive():
+                    raise AssertionError(f"worker {number} exited:\n{worker.tail()}")
+                registered = conn.execute("SELECT count(*) FROM procrastinate_workers")
+                return bool(worker.logged("listening for new jobs")) and (
+                    registered.fetchone()[0] >= alive  # type: ignore[index]
+                )
+
+            sandbox.wait_until(ready, timeout=ready_timeout, what=f"worker {number} to start")
+        return worker
+
+    def collage(self, brand: str, external_id: str) -> bytes:
+        key = f"collages/{brand}/{external_id}.jpg"
+        return bytes(self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+
+    def keys(self) -> set[str]:
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket)
+        return {obj["Key"] for page in pages for obj in page.get("Contents", [])}
+
+
+def add_products(
+    db: Db,
+    image_urls: list[object],
+    *,
+    brands: list[str] | None = None,
+    external_ids: list[str] | None = None,
+    status: str = "uploaded",
+) -> list[int]:
+    """Insert SKUs in one statement (one transaction); return their ids in order."""
+    count = len(image_urls)
+    ids = external_ids or [f"sku-{uuid.uuid4().hex[:10]}" for _ in range(count)]
+    rows = db.rows(
+        "INSERT INTO raw_products (external_id, brand, image_urls, image_status)"
+        " SELECT e, b, u, %s"
+        " FROM unnest(%s::text[], %s::text[], %s::jsonb[]) AS t(e, b, u) RETURNING id, external_id",
+        [
+            status,
+            ids,
+            brands or ["faults"] * count,
+            [
+                urls if urls is None or isinstance(urls, Jsonb) else Jsonb(urls)
+                for urls in image_urls
+            ],
+        ],
+    )
+    by_external = {external_id: product_id for product_id, external_id in rows}
+    return [by_external[e] for e in ids]
+
+
+def doing_jobs(db: Db) -> list[tuple]:
+    return db.rows(
+        "SELECT id, lock, worker_id FROM procrastinate_jobs"
+        " WHERE task_name = 'collage.build' AND status = 'doing' ORDER BY id"
+    )
+
+
+def statuses(db: Db, ids: list[int]) -> dict[int, tuple]:
+    rows = db.rows(
+        "SELECT id, image_status, error_message, collage_url FROM raw_products WHERE id = ANY(%s)",
+        [ids],
+    )
+    return {row[0]: row[1:] for row in rows}

@@ -8,10 +8,8 @@ medians or percentiles of this run; ratios compare with baselines measured in th
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
-import random
 import signal
 import statistics
 import subprocess
@@ -22,9 +20,10 @@ from pathlib import Path
 
 import click
 import psycopg
-from PIL import Image
 
-from collage import imaging, migrate, sandbox
+from collage import imaging, migrate
+from dev import sandbox
+from dev.photos import noisy_jpeg
 
 LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 BUCKET = "bench"
@@ -34,17 +33,6 @@ KEY = sandbox.S3_KEY
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def photo(width: int, height: int, seed: int) -> bytes:
-    """A photo-like JPEG with texture, so decode and encode cost what real photos cost."""
-    rng = random.Random(seed)
-    noise = Image.effect_noise((width // 4, height // 4), 40).resize((width, height))
-    base = Image.new("RGB", (width, height), tuple(rng.randrange(40, 220) for _ in range(3)))
-    image = Image.composite(base, Image.merge("RGB", (noise, noise, noise)), noise)
-    out = io.BytesIO()
-    image.save(out, "JPEG", quality=90)
-    return out.getvalue()
 
 
 @contextlib.contextmanager
@@ -205,7 +193,7 @@ def seed_photos(endpoint: str, count: int, *, sizes: list[tuple[int, int]]) -> l
         for i, (w, h) in enumerate(sizes):
             variant = (w, h, (n + i) % 5)
             if variant not in cache:
-                cache[variant] = photo(w, h, seed=hash(variant))
+                cache[variant] = noisy_jpeg(w, h, seed=hash(variant))
             key = f"originals/{n}/{i}.jpg"
             client.put_object(Bucket=BUCKET, Key=key, Body=cache[variant])
             urls.append(f"s3://{BUCKET}/{key}")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -13,56 +11,14 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from collage import sandbox, tasks
+from collage import tasks
 from collage.cli import main
 from collage.settings import Settings
-from tests.conftest import FaultyS3, WorkerThread
-from tests.photos import jpeg
-
-StartWorker = Callable[..., WorkerThread]
-
-
-def add_product(
-    db: psycopg.Connection,
-    urls: object,
-    *,
-    brand: str = "zara",
-    external_id: str | None = None,
-    status: str = "uploaded",
-) -> int:
-    row = db.execute(
-        "INSERT INTO raw_products (external_id, brand, image_urls, image_status)"
-        " VALUES (%s, %s, %s, %s) RETURNING id",
-        [external_id or f"sku-{time.monotonic_ns()}", brand, json.dumps(urls), status],
-    ).fetchone()
-    assert row
-    return int(row[0])
-
-
-def upload(s3, settings: Settings, photos: dict[str, bytes]) -> list[str]:
-    for key, data in photos.items():
-        s3.put_object(Bucket=settings.s3_bucket, Key=key, Body=data)
-    return [f"s3://{settings.s3_bucket}/{key}" for key in photos]
-
-
-def wait_settled(db: psycopg.Connection, product_id: int, timeout: float = 30) -> tuple:
-    """Wait until the SKU has left 'uploaded' and no job for it waits or runs."""
-
-    def settled() -> bool:
-        row = db.execute(
-            "SELECT p.image_status <> 'uploaded' AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs"
-            " WHERE lock = %s AND status IN ('todo', 'doing')) FROM raw_products p WHERE id = %s",
-            [f"product:{product_id}", product_id],
-        ).fetchone()
-        return bool(row and row[0])
-
-    sandbox.wait_until(settled, timeout=timeout, what=f"product {product_id} to settle")
-    row = db.execute(
-        "SELECT image_status, collage_url, error_message FROM raw_products WHERE id = %s",
-        [product_id],
-    ).fetchone()
-    assert row
-    return row
+from dev import sandbox
+from dev.photos import jpeg
+from tests.conftest import FaultyS3
+from tests.support.s3proxy import Fault, FaultRule
+from tests.support.skus import StartWorker, add_product, upload, wait_settled
 
 
 def test_an_uploaded_sku_becomes_the_same_collage_as_collage_make(
@@ -150,10 +106,10 @@ def test_transient_s3_failures_are_retried_until_the_sku_succeeds(
     urls = upload(s3, settings, {"a.jpg": jpeg(60, 80), "b.jpg": jpeg(60, 80, seed=4)})
     failures = {"left": 8}  # more than boto3's own 3 tries: the job itself must retry
 
-    def rule(method: str, path: str) -> sandbox.Fault | None:
+    def rule(method: str, path: str) -> Fault | None:
         if method == "GET" and path.endswith("b.jpg") and failures["left"] > 0:
             failures["left"] -= 1
-            return sandbox.Fault(status=503)
+            return Fault(status=503)
         return None
 
     proxy = faulty_s3(rule)
@@ -176,7 +132,7 @@ def test_a_sku_that_keeps_failing_transiently_gives_up_with_the_cause(
     monkeypatch,
 ) -> None:
     urls = upload(s3, settings, {"a.jpg": jpeg(60, 80)})
-    proxy = faulty_s3(lambda method, path: sandbox.Fault(status=500) if method == "GET" else None)
+    proxy = faulty_s3(lambda method, path: Fault(status=500) if method == "GET" else None)
     monkeypatch.setattr(tasks, "BACKOFF_BASE_S", 0.05)
     monkeypatch.setattr(tasks, "MAX_ATTEMPTS", 3)
     try:
@@ -191,8 +147,8 @@ def test_a_sku_that_keeps_failing_transiently_gives_up_with_the_cause(
     assert stuck.fetchone() == (0,)
 
 
-def _slow_gets(seconds: float) -> sandbox.FaultRule:
-    return lambda method, path: sandbox.Fault(delay_s=seconds) if method == "GET" else None
+def _slow_gets(seconds: float) -> FaultRule:
+    return lambda method, path: Fault(delay_s=seconds) if method == "GET" else None
 
 
 def _wait_running(db: psycopg.Connection, product_id: int) -> None:
@@ -236,11 +192,11 @@ def test_a_failed_build_with_a_waiting_job_never_strands_a_job_in_doing(
     urls = upload(s3, settings, {"a.jpg": jpeg(60, 80)})
     calls = {"n": 0}
 
-    def rule(method: str, path: str) -> sandbox.Fault | None:
+    def rule(method: str, path: str) -> Fault | None:
         if method != "GET":
             return None
         calls["n"] += 1
-        return sandbox.Fault(status=503, delay_s=0.5) if calls["n"] <= 4 else None
+        return Fault(status=503, delay_s=0.5) if calls["n"] <= 4 else None
 
     proxy = faulty_s3(rule)
     monkeypatch.setattr(tasks, "BACKOFF_BASE_S", 0.1)

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import psycopg
 
-from collage import maintenance, sandbox
+from collage import maintenance
 from collage.settings import Settings
-from tests.test_tasks import StartWorker, add_product, wait_settled
+from dev import sandbox
+from tests.support.skus import StartWorker, add_product, wait_settled
 
 
 def _run(coro_factory: Callable, settings: Settings):

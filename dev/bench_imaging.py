@@ -18,10 +18,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageChops, ImageCms, ImageDraw, ImageFilter, ImageStat
+from PIL import Image, ImageChops, ImageCms, ImageStat
 
 from collage import imaging
 from collage.imaging import RESAMPLING, build_collage, plan_layout
+from dev import photos
 
 QUALITY = 95
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
@@ -29,28 +30,6 @@ SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 # paying the kernel for a fresh canvas on every job.
 WARM_BLOCKS = "32"
 USAGE = "Full run (--warm --encoder --filters): about 15 minutes on 2 cores."
-
-
-def make_photo(rnd: random.Random, width: int, height: int) -> Image.Image:
-    """Draw a product-like photo: gradients, soft shapes, and grain like fabric or paper."""
-    small = (max(1, width // 4), max(1, height // 4))
-    base = Image.frombytes("RGB", (4, 6), rnd.randbytes(72)).resize(small, Image.Resampling.BICUBIC)
-    draw = ImageDraw.Draw(base)
-    for _ in range(12):
-        x, y = rnd.randrange(small[0]), rnd.randrange(small[1])
-        box = (x, y, x + rnd.randrange(small[0] // 8 + 1, small[0] // 2 + 2), y + small[1] // 3)
-        colour = tuple(rnd.randrange(256) for _ in range(3))
-        (draw.ellipse if rnd.random() < 0.5 else draw.rectangle)(box, fill=colour)
-    base = base.filter(ImageFilter.GaussianBlur(1)).resize(
-        (width, height), Image.Resampling.BICUBIC
-    )
-    coarse = Image.frombytes("L", small, rnd.randbytes(small[0] * small[1]))
-    grain = Image.blend(
-        coarse.resize((width, height), Image.Resampling.BILINEAR),
-        Image.frombytes("L", (width, height), rnd.randbytes(width * height)),
-        0.3,
-    )
-    return Image.blend(base, Image.merge("RGB", (grain, grain, grain)), rnd.uniform(0.03, 0.14))
 
 
 def make_dataset(root: Path) -> list[Path]:
@@ -80,7 +59,7 @@ def make_dataset(root: Path) -> list[Path]:
             continue
         sku.mkdir(parents=True)
         for j, (width, height) in enumerate(sizes, start=1):
-            photo = make_photo(rnd, width, height)
+            photo = photos.product(rnd, width, height)
             photo.save(sku / f"{j:02d}.jpg", quality=90, subsampling=2)
     return skus
 
@@ -155,7 +134,7 @@ def child(kind: str, sku: Path, *, warm: bool, resampling: str) -> dict[str, flo
     if warm:
         env["PILLOW_BLOCKS_MAX"] = WARM_BLOCKS
     runs = "2" if warm else "1"
-    command = [sys.executable, "-m", "bench.imaging", "--child", kind, str(sku), runs]
+    command = [sys.executable, "-m", "dev.bench_imaging", "--child", kind, str(sku), runs]
     result = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     return json.loads(result.stdout)
 
@@ -216,28 +195,10 @@ def psnr(a: Image.Image, b: Image.Image) -> float:
     return 10 * math.log10(255 * 255 / mse) if mse else float("inf")
 
 
-def detailed_photo(rnd: random.Random, width: int, height: int) -> Image.Image:
-    """Draw detail at every scale, as in nature (1/f texture), with hard edges and small print."""
-    image = Image.new("RGB", (width, height), (128, 128, 128))
-    for octave in range(1, 8):
-        size = (max(2, width >> octave), max(2, height >> octave))
-        noise = Image.frombytes("RGB", size, rnd.randbytes(size[0] * size[1] * 3))
-        image = Image.blend(image, noise.resize((width, height), Image.Resampling.BICUBIC), 0.5)
-    draw = ImageDraw.Draw(image)
-    for _ in range(10):
-        x, y = rnd.randrange(width), rnd.randrange(height)
-        box = (x, y, x + rnd.randrange(50, width // 2), y + rnd.randrange(50, height // 3))
-        colour = tuple(rnd.randrange(256) for _ in range(3))
-        (draw.ellipse if rnd.random() < 0.5 else draw.rectangle)(box, fill=colour)
-    for y in range(height // 2, height, 90):
-        draw.text((40, y), "SIZE M  100% COTTON  EU 42", fill=(250, 250, 250), font_size=40)
-    return image
-
-
 def filter_study(reps: int) -> None:
     """Print each filter's fidelity (PSNR against the truth) and CPU, upscaling to 2000x3000."""
     rnd = random.Random(5)
-    truths = [detailed_photo(rnd, 2000, 3000) for _ in range(3)]
+    truths = [photos.detailed(rnd, 2000, 3000) for _ in range(3)]
     # The smaller photo as an export tool makes it (LANCZOS), or as a smaller sensor sees it (BOX).
     print(
         "\n| filter | PSNR dB, 0.6x LANCZOS | 0.8x LANCZOS | 0.6x BOX | 0.8x BOX "

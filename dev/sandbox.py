@@ -5,14 +5,11 @@ Nothing here is used by the worker in production.
 
 from __future__ import annotations
 
-import http.client
-import http.server
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,7 +17,6 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import psycopg
 from psycopg import sql
@@ -225,85 +221,3 @@ def s3_server() -> Iterator[S3Server]:
         yield S3Server(endpoint=f"http://127.0.0.1:{port}", stop=server.stop)
     finally:
         server.stop()
-
-
-@dataclass
-class Fault:
-    """What the proxy does to one request: answer with `status`, or wait `delay_s` first."""
-
-    status: int | None = None
-    delay_s: float = 0.0
-
-
-FaultRule = Callable[[str, str], "Fault | None"]
-
-
-class FaultyProxy:
-    """An HTTP proxy in front of the S3 server that fails or stalls requests on demand.
-
-    `rule(method, path)` returns a Fault (or None to pass the request through untouched).
-    """
-
-    def __init__(self, upstream: str, rule: FaultRule) -> None:
-        self.upstream = urlsplit(upstream)
-        self.rule = rule
-        self.seen: list[tuple[str, str, int]] = []
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: object) -> None:
-                return
-
-            def _forward(self) -> None:
-                proxy.handle(self)
-
-            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def handle(self, request: Any) -> None:
-        """Apply the rule to one request, then forward it or answer with the fault."""
-        length = int(request.headers.get("Content-Length") or 0)
-        body = request.rfile.read(length) if length else None
-        fault = self.rule(request.command, request.path)
-        if fault and fault.delay_s:
-            time.sleep(fault.delay_s)
-        if fault and fault.status:
-            self.seen.append((request.command, request.path, fault.status))
-            payload = b"<Error><Code>ServiceUnavailable</Code></Error>"
-            request.send_response(fault.status)
-            request.send_header("Content-Length", str(len(payload)))
-            request.end_headers()
-            request.wfile.write(payload)
-            return
-        upstream = http.client.HTTPConnection(
-            self.upstream.hostname, self.upstream.port, timeout=30
-        )
-        try:
-            upstream.request(
-                request.command, request.path, body=body, headers=dict(request.headers)
-            )
-            response = upstream.getresponse()
-            data = response.read()
-        finally:
-            upstream.close()
-        self.seen.append((request.command, request.path, response.status))
-        request.send_response(response.status)
-        for name, value in response.getheaders():
-            if name.lower() not in {"content-length", "transfer-encoding", "connection"}:
-                request.send_header(name, value)
-        request.send_header("Content-Length", str(len(data)))
-        request.end_headers()
-        if request.command != "HEAD":
-            request.wfile.write(data)
-
-    def close(self) -> None:
-        """Stop serving."""
-        self.server.shutdown()
-        self.server.server_close()

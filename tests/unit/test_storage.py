@@ -1,14 +1,21 @@
 from __future__ import annotations
 
 import string
+from urllib.parse import quote
 
+import hypothesis
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from collage.errors import BadImageUrls, ForeignUrl, OriginalMissing, TooLarge, UnsafeKey
-from collage.settings import Settings
-from collage.storage import Bucket, collage_key, key_for_url
+from collage import storage
+from collage.errors import (
+    BadImageUrls,
+    CollageError,
+    ForeignUrl,
+    UnsafeKey,
+)
+from collage.storage import collage_key, key_for_url
 
 WHERE = {
     "bucket": "unde-images",
@@ -98,30 +105,73 @@ def test_collage_key_keeps_ordinary_names() -> None:
     assert collage_key("Zara Home", "AB-123_4") == "collages/Zara Home/AB-123_4.jpg"
 
 
-def test_get_and_put_through_a_real_s3_server(settings: Settings, s3) -> None:
-    bucket = Bucket.from_settings(settings)
-    s3.put_object(Bucket=settings.s3_bucket, Key="originals/a.jpg", Body=b"photo")
-    assert bucket.get("originals/a.jpg") == b"photo"
-    bucket.put_jpeg("collages/b/1.jpg", b"jpeg")
-    head = s3.head_object(Bucket=settings.s3_bucket, Key="collages/b/1.jpg")
-    assert head["ContentType"] == "image/jpeg"
-    bucket.ping()
+# --- properties over arbitrary text (Hypothesis) ---
 
 
-def test_a_missing_object_is_permanent_and_names_the_key(settings: Settings) -> None:
-    with pytest.raises(OriginalMissing, match=r"originals/none\.jpg"):
-        Bucket.from_settings(settings).get("originals/none.jpg")
+_URL_TEXT = st.text(
+    alphabet=st.sampled_from(string.ascii_letters + string.digits + "/.%-_:?#@\\ \n\x00~+"),
+    max_size=40,
+)
 
 
-def test_an_oversized_object_is_refused_before_its_body_is_read(settings: Settings, s3) -> None:
-    s3.put_object(Bucket=settings.s3_bucket, Key="big.jpg", Body=b"x" * 2048)
-    with pytest.raises(TooLarge, match="2,048 bytes"):
-        Bucket.from_settings(settings).get("big.jpg", max_bytes=1024)
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(
+    url=st.one_of(
+        _URL_TEXT,
+        _URL_TEXT.map(lambda s: f"s3://pics/{s}"),
+        _URL_TEXT.map(lambda s: f"http://127.0.0.1:9000/pics/{s}"),
+        _URL_TEXT.map(lambda s: f"https://cdn.example.com/p/{s}"),
+        st.none(),
+        st.integers(),
+        st.lists(st.text(max_size=3), max_size=2),
+    )
+)
+def test_any_image_url_maps_to_a_plain_key_in_the_bucket_or_is_refused(url: object) -> None:
+    try:
+        key = storage.key_for_url(
+            url,
+            bucket="pics",
+            endpoint="http://127.0.0.1:9000",
+            public_url="https://cdn.example.com/p",
+        )
+    except CollageError:
+        return  # a Permanent error with a message; anything else would be a bug
+    segments = key.split("/")
+    assert key and all(s not in {"", ".", ".."} for s in segments)
+    assert not any(c in key for c in "\\\x00\n")
 
 
-def test_public_urls_are_percent_encoded_and_map_back_to_the_key(settings: Settings) -> None:
-    bucket = Bucket.from_settings(settings)
-    key = collage_key("Zara Home", "AB#12 ?x")
-    url = bucket.public_url_for(key)
-    assert url == f"{settings.s3_public_url}/collages/Zara%20Home/AB%2312%20%3Fx.jpg"
-    assert bucket.key_for(url) == key
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(
+    key=st.lists(
+        st.text(
+            alphabet=string.ascii_letters + string.digits + "-_ .()+", min_size=1, max_size=12
+        ).filter(lambda s: s.strip(".") != ""),
+        min_size=1,
+        max_size=4,
+    ).map("/".join)
+)
+def test_a_plain_key_survives_every_url_form(key: str) -> None:
+    kwargs = {
+        "bucket": "pics",
+        "endpoint": "http://127.0.0.1:9000",
+        "public_url": "https://cdn.example.com/p",
+    }
+    for url in (
+        f"s3://pics/{quote(key)}",
+        f"http://127.0.0.1:9000/pics/{quote(key)}",
+        f"https://cdn.example.com/p/{quote(key)}",
+        f"http://pics.127.0.0.1:9000/{quote(key)}",
+    ):
+        assert storage.key_for_url(url, **kwargs) == key
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(brand=st.text(max_size=12), external_id=st.text(max_size=12))
+def test_a_collage_key_stays_under_collages_or_is_refused(brand: str, external_id: str) -> None:
+    try:
+        key = storage.collage_key(brand, external_id)
+    except UnsafeKey:
+        return
+    assert key == f"collages/{brand}/{external_id}.jpg"
+    assert len(key.split("/")) == 3 and ".." not in key.split("/")[1:]

@@ -7,7 +7,7 @@ import time
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from collage.sandbox import PgBouncer
+from dev.sandbox import PgBouncer
 
 
 def _dbname(dsn: str) -> str:

@@ -11,21 +11,8 @@ from click.testing import CliRunner, Result
 
 from collage.cli import main
 from collage.settings import Settings
-from tests.photos import jpeg
-from tests.test_tasks import StartWorker, add_product, upload, wait_settled
-
-
-def env_of(settings: Settings) -> dict[str, str]:
-    return {
-        "STAGING_DB_URL": settings.db_url,
-        "STAGING_DB_SESSION_URL": settings.db_session_url,
-        "S3_ENDPOINT": settings.s3_endpoint,
-        "S3_ACCESS_KEY": settings.s3_access_key,
-        "S3_SECRET_KEY": settings.s3_secret_key,
-        "S3_BUCKET": settings.s3_bucket,
-        "S3_PUBLIC_URL": settings.s3_public_url,
-        "LOG_FORMAT": "text",
-    }
+from dev.photos import jpeg
+from tests.support.skus import StartWorker, add_product, env_of, upload, wait_settled
 
 
 def run(settings: Settings | None, *args: str, input: str | None = None) -> Result:

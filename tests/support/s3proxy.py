@@ -1,0 +1,176 @@
+"""S3 misbehaving on purpose: a fault-injecting proxy, a stalling server, held photo GETs."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import http.server
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+
+@dataclass
+class Fault:
+    """What the proxy does to one request: answer with `status`, or wait `delay_s` first."""
+
+    status: int | None = None
+    delay_s: float = 0.0
+
+
+FaultRule = Callable[[str, str], "Fault | None"]
+
+
+class FaultyProxy:
+    """An HTTP proxy in front of the S3 server that fails or stalls requests on demand.
+
+    `rule(method, path)` returns a Fault (or None to pass the request through untouched).
+    """
+
+    def __init__(self, upstream: str, rule: FaultRule) -> None:
+        self.upstream = urlsplit(upstream)
+        self.rule = rule
+        self.seen: list[tuple[str, str, int]] = []
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+            def _forward(self) -> None:
+                proxy.handle(self)
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def handle(self, request: Any) -> None:
+        """Apply the rule to one request, then forward it or answer with the fault."""
+        length = int(request.headers.get("Content-Length") or 0)
+        body = request.rfile.read(length) if length else None
+        fault = self.rule(request.command, request.path)
+        if fault and fault.delay_s:
+            time.sleep(fault.delay_s)
+        if fault and fault.status:
+            self.seen.append((request.command, request.path, fault.status))
+            payload = b"<Error><Code>ServiceUnavailable</Code></Error>"
+            request.send_response(fault.status)
+            request.send_header("Content-Length", str(len(payload)))
+            request.end_headers()
+            request.wfile.write(payload)
+            return
+        upstream = http.client.HTTPConnection(
+            self.upstream.hostname, self.upstream.port, timeout=30
+        )
+        try:
+            upstream.request(
+                request.command, request.path, body=body, headers=dict(request.headers)
+            )
+            response = upstream.getresponse()
+            data = response.read()
+        finally:
+            upstream.close()
+        self.seen.append((request.command, request.path, response.status))
+        request.send_response(response.status)
+        for name, value in response.getheaders():
+            if name.lower() not in {"content-length", "transfer-encoding", "connection"}:
+                request.send_header(name, value)
+        request.send_header("Content-Length", str(len(data)))
+        request.end_headers()
+        if request.command != "HEAD":
+            request.wfile.write(data)
+
+    def close(self) -> None:
+        """Stop serving."""
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@dataclass
+class SlowGets:
+    """A FaultyProxy rule: hold every photo GET for `delay_s`, until released.
+
+    The wait is an Event, not a sleep, so releasing it ends every stall at once (teardown
+    never waits for a stalled request). Requests are recorded with their start time.
+    """
+
+    delay_s: float
+    released: threading.Event = field(default_factory=threading.Event)
+    requests: list[tuple[float, str, str]] = field(default_factory=list)
+
+    def __call__(self, method: str, path: str) -> Fault | None:
+        self.requests.append((time.monotonic(), method, path))
+        if method == "GET" and "/collages/" not in path and not self.released.is_set():
+            self.released.wait(self.delay_s)
+        return None
+
+    def gets(self) -> int:
+        return sum(1 for _, method, _ in self.requests if method == "GET")
+
+
+class StallingS3:
+    """A server that answers a GET with headers and the first bytes of the body, then stalls.
+
+    What a half-dead connection to S3 looks like from the client: the response started, and
+    the rest never comes. `close()` ends every stall.
+    """
+
+    def __init__(self, *, declared: int = 10_000, sent: int = 100) -> None:
+        self.declared, self.sent = declared, sent
+        self.release = threading.Event()
+        self.connections = 0
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen()
+        self._sock.settimeout(0.1)
+        self.endpoint = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self._threads: list[threading.Thread] = []
+        self._accepter = threading.Thread(target=self._accept, daemon=True)
+        self._accepter.start()
+
+    def _accept(self) -> None:
+        while not self.release.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            request = b""
+            with contextlib.suppress(OSError):
+                while b"\r\n\r\n" not in request:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    request += chunk
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\n"
+                    + f"Content-Length: {self.declared}\r\n\r\n".encode()
+                    + b"\xff" * self.sent
+                )
+                self.release.wait(60)
+
+    def close(self) -> None:
+        self.release.set()
+        self._accepter.join(5)
+        self._sock.close()
+        for thread in self._threads:
+            thread.join(5)
