@@ -56,5 +56,9 @@ class TooLarge(Permanent):
     """The photos or the collage exceed a size limit."""
 
 
+class OverBudget(Permanent):
+    """Building the collage took more CPU time or memory than one collage may use."""
+
+
 class ConfigError(Exception):
     """A setting is missing or malformed; the program cannot start."""

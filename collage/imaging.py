@@ -6,7 +6,7 @@ import io
 import os
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from types import ModuleType
@@ -98,28 +98,36 @@ def build_collage(
     quality: int = 95,
     limits: Limits = Limits(),  # frozen: sharing the default is safe
     names: Sequence[str] | None = None,
+    on_photo: Callable[[int, str], object] | None = None,
 ) -> bytes:
-    """Scale every photo to the tallest one and join them left to right into one sRGB JPEG."""
-    if not 1 <= quality <= 100:
-        raise ValueError(f"JPEG quality must be between 1 and 100, not {quality!r}")
-    if names is not None and len(names) != len(photos):
-        raise ValueError(f"{len(names)} names for {len(photos)} photos")
+    """Scale every photo to the tallest one and join them left to right into one sRGB JPEG.
+
+    `on_photo(index, label)` is told before each photo is read and again before it is decoded,
+    so that whoever watches a build knows which photo it was on when it died.
+    """
+    check_arguments(photos, quality=quality, names=names)
     if not photos:
         raise NoPhotos()
-    opened = [
-        _open(data, f"photo {i} ({names[i - 1]})" if names else f"photo {i}", limits)
-        for i, data in enumerate(photos, start=1)
+    labels = [
+        f"photo {i} ({names[i - 1]})" if names else f"photo {i}" for i in range(1, len(photos) + 1)
     ]
+    told = on_photo or (lambda index, label: None)
+    opened = []
+    for index, (data, label) in enumerate(zip(photos, labels, strict=True), start=1):
+        told(index, label)
+        opened.append(_open(data, label, limits))
     layout = plan_layout([photo.size for photo in opened])
     _check_layout(layout, opened, limits)
     srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
     if len(opened) == 1:
+        told(1, opened[0].label)
         collage = _decode(opened[0], srgb)
     else:
         # One photo decoded at a time: peak memory is the canvas plus one photo and its copy.
         collage = Image.new("RGB", (layout.width, layout.height))
         x = 0
-        for photo, width in zip(opened, layout.widths, strict=True):
+        for index, (photo, width) in enumerate(zip(opened, layout.widths, strict=True), start=1):
+            told(index, photo.label)
             panel = _decode(photo, srgb)
             if panel.size != (width, layout.height):
                 panel = scale(panel, (width, layout.height))
@@ -140,6 +148,14 @@ def build_collage(
         out, "JPEG", quality=quality, subsampling=0, icc_profile=srgb.tobytes(), comment=b""
     )
     return out.getvalue()
+
+
+def check_arguments(photos: Sequence[bytes], *, quality: int, names: Sequence[str] | None) -> None:
+    """Raise ValueError for a quality or names build_collage cannot take (a caller's bug)."""
+    if not 1 <= quality <= 100:
+        raise ValueError(f"JPEG quality must be between 1 and 100, not {quality!r}")
+    if names is not None and len(names) != len(photos):
+        raise ValueError(f"{len(names)} names for {len(photos)} photos")
 
 
 def load_resampler() -> None:
@@ -198,6 +214,8 @@ def _open(data: bytes, label: str, limits: Limits) -> _Photo:
         raise TooLarge(
             f"{label} has {pixels} pixels; at most {allowed:,} are allowed per photo"
         ) from exc
+    except MemoryError:
+        raise
     except Image.UnidentifiedImageError:
         raise PhotoUnreadable(
             f"{label} is not a {', '.join(FORMATS)} image: {len(data):,} bytes"
