@@ -36,6 +36,9 @@ _TRANSPOSE = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
+# Where the next marker may be after a scan: 0xFF in entropy-coded data is followed by 0x00 (a
+# stuffed byte), a restart marker, or 0xFF (fill).
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 _PROFILE_SPACE = {"L": "GRAY", "RGB": "RGB", "CMYK": "CMYK"}
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
@@ -55,6 +58,9 @@ class Limits:
     max_canvas_pixels: int = 150_000_000
     # JPEG cannot encode a side longer than 65,535 px; libjpeg refuses more than 65,500.
     max_side: int = 65_500
+    # Each scan of a progressive JPEG is a pass over every pixel: encoders write 10 or so, and a
+    # file that repeats one hundreds of times decodes for minutes. 100 at 64 MP is about 10 s.
+    max_scans: int = 100
 
 
 @dataclass(frozen=True)
@@ -224,6 +230,10 @@ def _open(data: bytes, label: str, limits: Limits) -> _Photo:
     except Exception as exc:  # Pillow raises many kinds on malformed headers
         raise PhotoUnreadable(f"{label} cannot be read: {one_line(exc)}") from exc
     photo = _Photo(image, label, orientation)
+    if image.format == "JPEG" and (scans := _jpeg_scans(data)) > limits.max_scans:
+        raise TooLarge(
+            f"{label} is a JPEG of {scans:,} scans; at most {limits.max_scans:,} are allowed"
+        )
     width, height = photo.size
     if width < 1 or height < 1:
         raise PhotoUnreadable(f"{label} has no pixels ({width} x {height})")
@@ -233,6 +243,20 @@ def _open(data: bytes, label: str, limits: Limits) -> _Photo:
             f"at most {limits.max_photo_pixels:,} are allowed per photo"
         )
     return photo
+
+
+def _jpeg_scans(data: bytes) -> int:
+    """Count the scans of a JPEG's first image, from its markers, without decoding anything."""
+    scans, at = 0, 2
+    while (found := _JPEG_MARKER.search(data, at)) is not None:
+        marker, at = data[found.start() + 1], found.start() + 2
+        if marker == 0xD9:  # end of image: what follows (another image of an MPO) is not shown
+            break
+        if marker == 0xDA:
+            scans += 1
+        if marker != 0x01:  # every other marker here has a length: skip its segment
+            at += int.from_bytes(data[at : at + 2], "big")
+    return scans
 
 
 def _orientation(image: ImageFile.ImageFile) -> int:

@@ -7,6 +7,7 @@ import itertools
 import math
 import random
 import struct
+import time
 import zlib
 from collections.abc import Callable, Sequence
 from fractions import Fraction
@@ -766,3 +767,29 @@ def test_unreadable_photo_is_named_in_one_line(case: str) -> None:
 def test_unnamed_photos_are_numbered() -> None:
     with pytest.raises(PhotoUnreadable, match=r"^photo 3 is not a "):
         build_collage([GOOD_JPEG, GOOD_JPEG, b"<html>"])
+
+
+# --- structural checks: hostile files refused from their markers, in milliseconds ----------------
+
+
+def test_progressive_jpeg_is_accepted() -> None:
+    photo = encode(textured((64, 48), 5), quality=90, progressive=True)
+    assert decode(build_collage([photo])).size == (64, 48)
+
+
+def test_scan_bomb_is_refused_before_decoding() -> None:
+    from dev.photos import scan_bomb
+
+    bomb = scan_bomb(3000, 3000, repeats=300)
+    started = time.process_time()
+    with pytest.raises(TooLarge) as raised:
+        build_collage([GOOD_JPEG, bomb], names=NAMES[:2])
+    assert time.process_time() - started < 0.1
+    assert raised.value.message == (
+        "photo 2 (s3://bucket/b.jpg) is a JPEG of 309 scans; at most 100 are allowed"
+    )
+
+
+def test_scans_after_the_end_of_the_image_do_not_count() -> None:
+    photo = encode(textured((64, 48), 5), quality=90, progressive=True)
+    assert decode(build_collage([photo + photo * 20], limits=Limits(max_scans=10))).size == (64, 48)
