@@ -223,6 +223,9 @@ def _open(data: bytes, label: str, limits: Limits) -> _Photo:
     except MemoryError:
         raise
     except Image.UnidentifiedImageError:
+        if (recognised := _recognised_as(data)) is not None:
+            fmt, reason = recognised
+            raise PhotoUnreadable(f"{label} is a {fmt} that cannot be read: {reason}") from None
         raise PhotoUnreadable(
             f"{label} is not a {', '.join(FORMATS)} image: {len(data):,} bytes"
             + (f" starting {data[:24]!r}" if data else "")
@@ -245,6 +248,25 @@ def _open(data: bytes, label: str, limits: Limits) -> _Photo:
     return photo
 
 
+def _recognised_as(data: bytes) -> tuple[str, str] | None:
+    """Say which format's signature a photo Pillow could not open has, and what stopped it."""
+    # Image.open tries every plugin and keeps none of their errors: ask the one that claims
+    # the bytes again, alone.
+    Image.init()
+    for fmt in FORMATS:
+        factory, accept = Image.OPEN[fmt]
+        if accept is None or not accept(data[:16]):
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                factory(io.BytesIO(data)).close()
+        except Exception as exc:
+            return fmt, one_line(exc)
+        return None
+    return None
+
+
 def _jpeg_scans(data: bytes) -> int:
     """Count the scans of a JPEG's first image, from its markers, without decoding anything."""
     scans, at = 0, 2
@@ -260,13 +282,21 @@ def _jpeg_scans(data: bytes) -> int:
 
 
 def _orientation(image: ImageFile.ImageFile) -> int:
-    """Return the EXIF orientation 1-8, or 1 where the header has none a browser would use."""
+    """Return the EXIF orientation 1-8, or 1 where the photo's EXIF block has none.
+
+    One rule for every format, the browsers': only the EXIF block counts. Pillow's getexif()
+    would also take tiff:Orientation from XMP (JPEG, WebP, AVIF; not PNG), and PNG's own
+    getexif() an ImageMagick "Raw profile type exif" text chunk, which no browser reads.
+    """
     # Pillow turns a TIFF upright itself, in .size from the header on (Pillow 11) and in pixels.
-    # A PNG's getexif() decodes the whole image to look for an eXIf chunk after the pixels.
-    if image.format == "TIFF" or (image.format == "PNG" and "exif" not in image.info):
+    # A PNG's eXIf chunk after the pixels is not in info until the image is decoded: ignored.
+    block = image.info.get("exif")
+    if image.format == "TIFF" or not isinstance(block, bytes) or not block:
         return 1
     try:
-        value = image.getexif().get(ExifTags.Base.Orientation, 1)
+        exif = Image.Exif()
+        exif.load(block)
+        value = exif.get(ExifTags.Base.Orientation, 1)
     except Exception:  # a browser ignores EXIF it cannot parse
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
@@ -314,6 +344,14 @@ def _to_srgb(image: Image.Image, srgb: ImageCms.ImageCmsProfile) -> Image.Image:
     if image.mode == "PA" or (image.mode in ("P", "L", "RGB") and "transparency" in image.info):
         image = image.convert("LA" if image.mode == "L" else "RGBA")
     alpha = None
+    if image.mode in _SIXTEEN_BIT and isinstance(image.info.get("transparency"), int):
+        # A 16-bit grey PNG's tRNS names one grey value transparent; Pillow keeps it in info.
+        _, np = _opencv()
+        values = np.asarray(image)
+        alpha = Image.fromarray(
+            np.where(values == image.info["transparency"], 0, 255).astype(np.uint8)
+        )
+        del values
     if image.mode in ("LA", "RGBA"):
         alpha = image.getchannel("A")
         image = image.convert(image.mode[:-1])

@@ -793,3 +793,47 @@ def test_scan_bomb_is_refused_before_decoding() -> None:
 def test_scans_after_the_end_of_the_image_do_not_count() -> None:
     photo = encode(textured((64, 48), 5), quality=90, progressive=True)
     assert decode(build_collage([photo + photo * 20], limits=Limits(max_scans=10))).size == (64, 48)
+
+
+# --- real-world classes (issue 9, item 6) ----------------------------------------------------
+
+XMP_TURNED = (
+    b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF'
+    b' xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description'
+    b' xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "WEBP", "AVIF", "PNG"])
+def test_orientation_only_in_xmp_is_ignored_in_every_format(fmt: str) -> None:
+    data = encode(Image.new("RGB", (48, 24), RED), fmt, xmp=XMP_TURNED)
+    assert decode(build_collage([data])).size == (48, 24)
+
+
+def test_orientation_in_a_png_text_chunk_is_ignored() -> None:
+    from PIL import PngImagePlugin
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    raw = exif.tobytes()
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Raw profile type exif", f"\nexif\n{len(raw):8d}\n{raw.hex()}\n", zip=True)
+    data = encode(Image.new("RGB", (48, 24), RED), "PNG", pnginfo=text)
+    assert decode(build_collage([data])).size == (48, 24)
+
+
+def test_sixteen_bit_grey_with_a_transparent_value_is_white_there() -> None:
+    image = Image.new("I;16", (16, 16), 30000)
+    image.paste(Image.new("I;16", (8, 16), 257 * 40), (0, 0))
+    collage = decode(build_collage([encode(image, "PNG", transparency=30000)]))
+    assert near(collage.getpixel((12, 8)), (255, 255, 255), 2)
+    assert near(collage.getpixel((3, 8)), (40, 40, 40), 2)
+
+
+def test_a_recognised_photo_that_cannot_be_opened_says_what_is_wrong() -> None:
+    broken = bytearray(GOOD_JPEG)
+    frame = broken.find(b"\xff\xc0")
+    broken[frame + 5 : frame + 9] = bytes(4)  # a frame of 0 x 0 pixels
+    with pytest.raises(PhotoUnreadable) as raised:
+        build_collage([bytes(broken)], names=NAMES[:1])
+    assert raised.value.message.startswith("photo 1 (s3://bucket/a.jpg) is a JPEG that cannot be")
