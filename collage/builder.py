@@ -366,6 +366,15 @@ def _serve(job: dict[str, Any], stdout: IO[bytes], cpu_s: float, resource: Any) 
         )
     except MemoryError:
         _out_of_memory(stdout, current, spent())
+    except PhotoUnreadable as exc:
+        # libwebp reports a failed allocation as a decoder it could not create: if the photo's
+        # canvas could not fit in what is left of the budget, that is what happened.
+        index = int(current[0].split()[1]) - 1 if current else 0
+        size = imaging.webp_size(job["photos"][index]) if job["photos"] else None
+        left = resource.getrlimit(resource.RLIMIT_AS)[0] - _status("VmSize")
+        if size is not None and size[0] * size[1] * 4 > left:
+            _out_of_memory(stdout, current, spent())
+        _write(stdout, ("failed", type(exc).__name__, exc.message))
     except CollageError as exc:
         _write(stdout, ("failed", type(exc).__name__, exc.message))
     except Exception as exc:  # OpenCV says "Insufficient memory" in its own exception type

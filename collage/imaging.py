@@ -202,8 +202,27 @@ def scale(panel: Image.Image, size: tuple[int, int]) -> Image.Image:
     return Image.frombuffer("RGBX", size, scaled, "raw", "RGBX", 0, 1)  # shares its memory
 
 
+def webp_size(data: bytes) -> tuple[int, int] | None:
+    """Return the canvas size a WebP file declares, from its first chunk; None if not a WebP."""
+    if len(data) < 30 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return None
+    chunk = data[12:16]
+    if chunk == b"VP8X":  # extended: 24-bit canvas width and height minus one
+        return 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
+    if chunk == b"VP8L":  # lossless: 14-bit width and height minus one after a signature byte
+        bits = int.from_bytes(data[21:25], "little")
+        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+    if chunk == b"VP8 ":  # lossy: 14-bit width and height after the key frame's start code
+        return (int.from_bytes(data[26:28], "little") & 0x3FFF,
+                int.from_bytes(data[28:30], "little") & 0x3FFF)  # fmt: skip
+    return None
+
+
 def _open(data: bytes, label: str, limits: Limits) -> _Photo:
     """Read a photo's header and orientation, refusing it before its pixels are decoded."""
+    # Pillow's WebP decoder allocates the whole canvas as it opens the file: check it first.
+    if (declared := webp_size(data)) is not None:
+        _check_photo_size(label, *declared, limits)
     try:
         with warnings.catch_warnings():
             # Our own limits replace Pillow's decompression-bomb warning, and a browser shows a
@@ -237,7 +256,11 @@ def _open(data: bytes, label: str, limits: Limits) -> _Photo:
         raise TooLarge(
             f"{label} is a JPEG of {scans:,} scans; at most {limits.max_scans:,} are allowed"
         )
-    width, height = photo.size
+    _check_photo_size(label, *photo.size, limits)
+    return photo
+
+
+def _check_photo_size(label: str, width: int, height: int, limits: Limits) -> None:
     if width < 1 or height < 1:
         raise PhotoUnreadable(f"{label} has no pixels ({width} x {height})")
     if width * height > limits.max_photo_pixels:
@@ -245,7 +268,6 @@ def _open(data: bytes, label: str, limits: Limits) -> _Photo:
             f"{label} is {width:,} x {height:,} px ({width * height:,} pixels); "
             f"at most {limits.max_photo_pixels:,} are allowed per photo"
         )
-    return photo
 
 
 def _recognised_as(data: bytes) -> tuple[str, str] | None:
