@@ -75,3 +75,49 @@ def test_two_collages_at_the_canvas_budget_fit_well_inside_a_4_gb_worker(
     print(f"\nworker peak RSS {peak / 1024**2:,.0f} MiB for two collages near 150 MP at once")
     assert overlapped == 1, "the two builds did not run at the same time"
     assert peak < WORKER_LIMIT_BYTES * 0.75
+
+
+@pytest.mark.slow
+def test_two_worst_case_jobs_in_builder_children_fit_well_inside_4_gb() -> None:
+    # The worst accepted photos at the limits (docs/imaging.md, dev/bench_memory.py): a 64 MP
+    # lossless WebP and a 64 MP RGBA PNG, each beside a small JPEG upscaled to fill the rest of
+    # the 150 MP canvas budget, built at the same time in two children.
+    import io
+    import threading
+
+    from PIL import Image
+
+    from collage.builder import Builder
+    from dev import bench_memory
+    from dev.photos import jpeg
+
+    side = 8000
+    rest = imaging.Limits().max_canvas_pixels // side - side
+    companion = jpeg(rest // 4, side // 4, seed=1)
+    base = bench_memory._base(side, side)
+    webp, png = io.BytesIO(), io.BytesIO()
+    base.save(webp, "WEBP", lossless=True, method=0, quality=0)
+    base.convert("RGBA").save(png, "PNG", compress_level=1)
+    del base
+    jobs = {"webp": [webp.getvalue(), companion], "png": [png.getvalue(), companion]}
+    results: dict[str, object] = {}
+    with Builder(processes=2) as builder:
+        threads = [
+            threading.Thread(target=lambda k=k: results.__setitem__(k, builder.build(jobs[k])))
+            for k in jobs
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(300)
+    peaks = {name: result.peak_rss for name, result in results.items()}  # type: ignore[attr-defined]
+    own = _peak_rss(os.getpid())
+    total = sum(peaks.values()) + own
+    print(
+        "\ntwo worst-case jobs: "
+        + ", ".join(f"{k} {v / 1024**2:,.0f} MiB" for k, v in peaks.items())
+        + f"; this process {own / 1024**2:,.0f} MiB; together {total / 1024**2:,.0f} MiB"
+    )
+    assert set(results) == {"webp", "png"}
+    assert total < WORKER_LIMIT_BYTES * 0.75
+    Image.open(io.BytesIO(results["webp"].jpeg)).verify()  # type: ignore[attr-defined]
