@@ -50,8 +50,9 @@ class Budget:
     # costs about 6 s of CPU here: 30 s stops a decoding bomb long before a worker notices.
     cpu_s: float = 30.0
     # Address space a job may add to a child's own (imports, about 280 MiB). The worst accepted
-    # photo at the limits peaks at about 1.3 GiB (docs/imaging.md): two jobs fit in 4 GB.
-    memory_bytes: int = 1536 * MIB
+    # job at the limits, a 64 MP lossless WebP on a 150 MP canvas, peaks at 1.6 GiB RSS
+    # (docs/imaging.md: Pillow's WebP decoder holds 3 copies of the photo): two fit in 4 GB.
+    memory_bytes: int = 1792 * MIB
     # Wall clock per job, for a child that hangs without spending CPU; generous under load.
     wall_s: float = 120.0
 
