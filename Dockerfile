@@ -46,7 +46,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/collage/bin:$PATH \
     LOG_FORMAT=json \
     PILLOW_BLOCKS_MAX=32 \
-    TEMP_DIR=/tmp/collage
+    TEMP_DIR=/tmp/collage \
+    TMPDIR=/tmp/collage
+# The one writable place: with `--read-only`, mount a tmpfs here (compose.yml does). TMPDIR too,
+# since Python's tempfile refuses to start without a writable folder.
 RUN groupadd --gid 10001 collage \
     && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin collage \

@@ -43,7 +43,8 @@ def client(alias: str):
     try:
         found = load_aliases()[alias]
     except KeyError:
-        raise SystemExit(f"mc: unknown alias {alias!r} (mc alias set {alias} URL KEY SECRET)")
+        message = f"mc: unknown alias {alias!r} (mc alias set {alias} URL KEY SECRET)"
+        raise SystemExit(message) from None
     return boto3.client(
         "s3",
         endpoint_url=found["url"],
