@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,6 +50,14 @@ def layers(tag: str) -> dict[str, int]:
     }
 
 
+def short(step: str) -> str:
+    """Name a build step shortly: `COPY collage`, `RUN pip wheel`."""
+    pip = re.search(r"\bpip (\w+)", step)
+    return (
+        f"RUN pip {pip.group(1)}" if step.startswith("RUN") and pip else " ".join(step.split()[:2])
+    )
+
+
 def test_cold_cached_and_code_only_builds(context: Path, tag: str, figure: Figure) -> None:
     cold = engine.build(context, tag, "--no-cache")
     size_mb = engine.image_size_mb(tag)
@@ -64,7 +73,7 @@ def test_cold_cached_and_code_only_builds(context: Path, tag: str, figure: Figur
     with (context / "collage" / "__init__.py").open("a") as source:
         source.write("# a code-only change\n")
     code = engine.build(context, tag)
-    rebuilt = [step.split()[0] + " " + step.split()[1] for step in code.ran]
+    rebuilt = [short(step) for step in code.ran if step.startswith(("COPY", "RUN"))]
     assert not any("-c constraints.txt" in step for step in code.ran), code.ran
     assert not any(step.startswith("COPY --from=deps") for step in code.ran), code.ran
     assert any(step.startswith("COPY collage") for step in code.ran), code.ran
@@ -77,8 +86,8 @@ def test_cold_cached_and_code_only_builds(context: Path, tag: str, figure: Figur
         f" README edit {readme.seconds:.1f}s (nothing rebuilt), image {size_mb:.0f} MB"
     )
     figure(
-        f"build: code-only change {code.seconds:.1f}s, {new_kb:.0f} kB of new layers;"
-        f" steps rebuilt: {', '.join(rebuilt)}"
+        f"build: code-only change {code.seconds:.1f}s, {new_kb:.0f} kB of new layers:"
+        f" {', '.join(rebuilt)} (plus metadata-only steps)"
     )
 
 
