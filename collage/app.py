@@ -16,21 +16,16 @@ from typing import Any
 import procrastinate
 import psycopg
 
+from collage import db
+from collage.constants import GRACEFUL_TIMEOUT_S, QUEUE, STALLED_WORKER_S
 from collage.errors import one_line
 from collage.settings import Settings, from_environment
 
 logger = logging.getLogger(__name__)
 
-QUEUE = "collage"
 # A job held back by its SKU's lock starts at the next poll, not on a notification.
 POLLING_INTERVAL_S = 1.0
 LISTEN_RECONNECT_MAX_S = 5.0
-# A worker whose heartbeat (every 10 s) is older than this is dead: its jobs are rescued. It must
-# exceed the drain at shutdown (60 s grace + 10 s), during which Procrastinate sends none.
-# migrations/003_inspection_views.sql says the same in SQL.
-STALLED_WORKER_S = 120
-# Maintenance jobs go ahead of a backlog of builds (Procrastinate takes higher priority first).
-MAINTENANCE_PRIORITY = 100
 
 
 class SplitConnector(procrastinate.PsycopgConnector):
@@ -39,8 +34,8 @@ class SplitConnector(procrastinate.PsycopgConnector):
     Procrastinate opens LISTEN from its pool's settings, which in production point at a
     transaction-mode PgBouncer where notifications never arrive. This overrides that one
     private hook, and keeps retrying the connection through an outage so that LISTEN comes
-    back instead of dying silently. tests/test_tasks.py runs a worker through real PgBouncer
-    pools with polling off; tests/test_faults.py restarts them under it.
+    back instead of dying silently. tests/integration/test_tasks.py runs a worker through real
+    PgBouncer pools with polling off; tests/faults/ restarts them under it.
     """
 
     def __init__(self, *, listen_conninfo: Callable[[], str], **pool_kwargs: Any) -> None:
@@ -52,9 +47,7 @@ class SplitConnector(procrastinate.PsycopgConnector):
         delay = 0.1
         while True:
             try:
-                connection = await psycopg.AsyncConnection.connect(
-                    self._listen_conninfo(), autocommit=True, connect_timeout=5
-                )
+                connection = await db.connect_async(self._listen_conninfo())
                 break
             except psycopg.OperationalError as exc:
                 logger.warning(
@@ -76,9 +69,7 @@ def make_connector(settings_source: Callable[[], Settings], *, pool_max: int = 8
 
     return SplitConnector(
         listen_conninfo=lambda: settings_source().db_session_url,
-        conninfo=conninfo,
-        # PgBouncer in transaction mode cannot keep prepared statements between transactions.
-        kwargs={"prepare_threshold": None},
+        **db.pool_options(conninfo),
         min_size=1,
         max_size=pool_max,
         # Fail a query after 10 s without a connection rather than the default 30 s: a job's own
@@ -103,7 +94,7 @@ app = procrastinate.App(
     worker_defaults={
         "queues": [QUEUE],
         "fetch_job_polling_interval": POLLING_INTERVAL_S,
-        "shutdown_graceful_timeout": 60,
+        "shutdown_graceful_timeout": GRACEFUL_TIMEOUT_S,
         "stalled_worker_timeout": STALLED_WORKER_S,
     },
 )

@@ -56,5 +56,16 @@ class TooLarge(Permanent):
     """The photos or the collage exceed a size limit."""
 
 
+def error_classes() -> frozenset[str]:
+    """Name every CollageError class: the values a metric label may take."""
+    found: set[str] = set()
+    pending: list[type[CollageError]] = [CollageError]
+    while pending:
+        cls = pending.pop()
+        found.add(cls.__name__)
+        pending.extend(cls.__subclasses__())
+    return frozenset(found - {CollageError.__name__})
+
+
 class ConfigError(Exception):
     """A setting is missing or malformed; the program cannot start."""

@@ -5,15 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import psycopg
-
-from collage import inspection
+from collage import db, inspection
+from collage.constants import HEARTBEAT_MAX_AGE_S
 from collage.errors import one_line
 from collage.settings import Settings, redact
 from collage.storage import Bucket
-
-# Workers send a heartbeat every 10 s; three missed ones mean no worker is alive.
-HEARTBEAT_MAX_AGE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -43,7 +39,7 @@ def _check(name: str, probe: Callable[[], str]) -> Check:
 
 
 def _database(dsn: str) -> str:
-    with psycopg.connect(dsn, connect_timeout=5, prepare_threshold=None) as conn:
+    with db.connect(dsn) as conn:
         conn.execute("SELECT 1")
     return redact(dsn)
 

@@ -44,7 +44,7 @@ class Limits:
     # the old 250 MP / 100 MP limits peaked at 1.87 GB (a small photo upscaled to most of the
     # canvas) and 1.66 GB (a 100 MP CMYK photo turned by EXIF): too close to 4 GB for two
     # jobs. These limits keep one job near 1.1 GB, two well inside a 4 GB worker
-    # (tests/test_memory.py).
+    # (tests/load/test_memory.py).
     max_canvas_pixels: int = 150_000_000
     # JPEG cannot encode a side longer than 65,535 px; libjpeg refuses more than 65,500.
     max_side: int = 65_500

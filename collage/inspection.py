@@ -13,22 +13,41 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from collage.app import QUEUE, STALLED_WORKER_S
+from collage import db
+from collage.constants import BUILD_TASK, QUEUE, STALLED_WORKER_S, sku_lock
 
 Row = dict[str, Any]
 
 
 def connect(dsn: str) -> psycopg.Connection[Row]:
-    """Open an autocommit connection that works through PgBouncer's transaction pool."""
-    return psycopg.connect(
-        dsn, autocommit=True, prepare_threshold=None, row_factory=dict_row, connect_timeout=10
-    )
+    """Open a connection whose rows come back as dicts, for the CLI and the console."""
+    conn = db.connect(dsn)
+    conn.row_factory = dict_row  # type: ignore[assignment]
+    return conn  # type: ignore[return-value]
 
 
-def summary(conn: psycopg.Connection[Row]) -> Row:
+def summary(conn: psycopg.Connection[Row], *, timeout_s: float | None = None) -> Row:
     """Counts by status, the oldest waiting job's age, stalled jobs, live workers."""
-    row = conn.execute("SELECT * FROM collage_queue_summary").fetchone()
+    with conn.transaction():
+        if timeout_s is not None:
+            # Local to this transaction: a plain SET would stay on a transaction-pool connection.
+            conn.execute(
+                "SELECT set_config('statement_timeout', %s, true)", [f"{int(timeout_s * 1000)}ms"]
+            )
+        row = conn.execute("SELECT * FROM collage_queue_summary").fetchone()
     return dict(row or {})
+
+
+async def pickup_delay_s(conn: psycopg.AsyncConnection, job_id: int) -> float | None:
+    """Seconds from a job being due to now (its start, when called as it starts)."""
+    cur = await conn.execute(
+        "SELECT extract(epoch FROM now() - greatest(e.at, j.scheduled_at))"
+        " FROM procrastinate_jobs j JOIN procrastinate_events e ON e.job_id = j.id"
+        " WHERE j.id = %s AND e.type = 'deferred'",
+        [job_id],
+    )
+    row = await cur.fetchone()
+    return float(row[0]) if row and row[0] is not None else None
 
 
 def running(conn: psycopg.Connection[Row], *, limit: int = 20) -> list[Row]:
@@ -41,9 +60,9 @@ def running(conn: psycopg.Connection[Row], *, limit: int = 20) -> list[Row]:
         "          WHERE e.job_id = j.id AND e.type = 'started') AS running_for"
         " FROM procrastinate_jobs j"
         " JOIN raw_products p ON p.id = (j.args ->> 'product_id')::bigint"
-        " WHERE j.status = 'doing' AND j.task_name = 'collage.build'"
+        " WHERE j.status = 'doing' AND j.task_name = %s"
         " ORDER BY running_for DESC NULLS LAST LIMIT %s",
-        [limit],
+        [BUILD_TASK, limit],
     ).fetchall()
 
 
@@ -101,7 +120,7 @@ def history(conn: psycopg.Connection[Row], product_id: int) -> list[Row]:
          WHERE j.lock = %s
          GROUP BY j.id ORDER BY j.id
         """,
-        [f"product:{product_id}"],
+        [sku_lock(product_id)],
     ).fetchall()
 
 

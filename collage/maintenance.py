@@ -17,8 +17,18 @@ from procrastinate.jobs import Status
 from psycopg import AsyncConnection
 
 from collage import products
-from collage.app import MAINTENANCE_PRIORITY, QUEUE, STALLED_WORKER_S, app
-from collage.tasks import build, connection, runtime_of
+from collage.app import app
+from collage.constants import (
+    BUILD_TASK,
+    CLEANUP_TASK,
+    MAINTENANCE_PRIORITY,
+    QUEUE,
+    RESCUE_TASK,
+    RETRY_ERRORS_TASK,
+    STALLED_WORKER_S,
+    SWEEP_TASK,
+)
+from collage.runtime import connection, runtime_of
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +53,7 @@ def _maintenance(name: str) -> dict[str, Any]:
 
 
 @app.periodic(cron="*/15 * * * *")
-@app.task(**_maintenance("collage.sweep"))
+@app.task(**_maintenance(SWEEP_TASK))
 async def sweep(context: JobContext, timestamp: int | None = None) -> list[int]:
     """Queue 'uploaded' SKUs that have no job, and log the batch to scraper_logs."""
     runtime = runtime_of(context)
@@ -61,7 +71,7 @@ async def run_sweep(conn: AsyncConnection, *, limit: int) -> list[int]:
 
 
 @app.periodic(cron="30 * * * *")
-@app.task(**_maintenance("collage.retry_errors"))
+@app.task(**_maintenance(RETRY_ERRORS_TASK))
 async def retry_errors(context: JobContext, timestamp: int | None = None) -> list[int]:
     """Give errored SKUs another round after a cool-down, a few rounds at most."""
     async with connection(context) as conn:
@@ -73,7 +83,7 @@ async def retry_errors(context: JobContext, timestamp: int | None = None) -> lis
 
 
 @app.periodic(cron="* * * * *")
-@app.task(**_maintenance("collage.rescue"))
+@app.task(**_maintenance(RESCUE_TASK))
 async def rescue_stalled(context: JobContext, timestamp: int | None = None) -> list[int]:
     """Fail the jobs of workers that stopped sending heartbeats, and queue their SKUs again.
 
@@ -89,7 +99,7 @@ async def rescue_stalled(context: JobContext, timestamp: int | None = None) -> l
         except ConnectorException:  # it finished meanwhile, or another rescue took it
             logger.info("stalled job already settled", extra={"action": "rescue", "job_id": job.id})
             continue
-        if job.task_name == build.name:
+        if job.task_name == BUILD_TASK:
             product_id = int(job.task_kwargs["product_id"])
             async with connection(context) as conn:
                 await products.enqueue(conn, product_id)
@@ -104,7 +114,7 @@ async def rescue_stalled(context: JobContext, timestamp: int | None = None) -> l
 
 
 @app.periodic(cron="0 4 * * *")
-@app.task(**_maintenance("collage.cleanup"))
+@app.task(**_maintenance(CLEANUP_TASK))
 async def cleanup(context: JobContext, timestamp: int | None = None) -> int:
     """Delete day-old scratch files and prune finished jobs and outcomes past retention."""
     runtime = runtime_of(context)
@@ -113,10 +123,7 @@ async def cleanup(context: JobContext, timestamp: int | None = None) -> int:
         nb_hours=RETENTION_HOURS, include_failed=True, include_cancelled=True, include_aborted=True
     )
     async with connection(context) as conn:
-        await conn.execute(
-            "DELETE FROM collage_outcomes WHERE finished_at < now() - %s * interval '1 hour'",
-            [RETENTION_HOURS],
-        )
+        await products.prune_outcomes(conn, older_than_hours=RETENTION_HOURS)
     logger.info("cleanup done", extra={"action": "cleanup", "files_removed": removed})
     return removed
 

@@ -15,7 +15,12 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from collage import inspection
+from collage.errors import error_classes
+
 logger = logging.getLogger(__name__)
+
+SCRAPE_TIMEOUT_S = 3.0  # a scrape that waits longer on the database says the queue is down
 
 REGISTRY = CollectorRegistry()
 OUTCOMES = ("built", "error", "retry", "superseded", "skipped", "interrupted")
@@ -43,25 +48,7 @@ BYTES_DOWNLOADED = Counter(
     "collage_downloaded_bytes", "Bytes of original photos downloaded.", registry=REGISTRY
 )
 BYTES_UPLOADED = Counter("collage_uploaded_bytes", "Bytes of collages uploaded.", registry=REGISTRY)
-ERROR_CLASSES = frozenset(
-    {
-        "Transient",
-        "Permanent",
-        "NoPhotos",
-        "BadImageUrls",
-        "ForeignUrl",
-        "UnsafeKey",
-        "OriginalMissing",
-        "PhotoUnreadable",
-        "TooLarge",
-    }
-)
-
-_PICKUP_SQL = """
-SELECT extract(epoch FROM now() - greatest(e.at, j.scheduled_at))
-  FROM procrastinate_jobs j JOIN procrastinate_events e ON e.job_id = j.id
- WHERE j.id = %s AND e.type = 'deferred'
-"""
+ERROR_CLASSES = error_classes()
 
 
 def record_outcome(outcome: str, *, error_class: str | None = None, duration_s: float) -> None:
@@ -77,9 +64,9 @@ async def pickup_middleware(call_next: AsyncCallNext, context: JobContext, worke
     """Observe how long each job waited after it was due, then run it."""
     try:
         async with context.app.connector.pool.connection() as conn:  # type: ignore[attr-defined]
-            row = await (await conn.execute(_PICKUP_SQL, [context.job.id])).fetchone()
-        if row and row[0] is not None:
-            PICKUP_SECONDS.labels(context.job.task_name).observe(max(float(row[0]), 0.0))
+            waited = await inspection.pickup_delay_s(conn, context.job.id)
+        if waited is not None:
+            PICKUP_SECONDS.labels(context.job.task_name).observe(max(waited, 0.0))
     except psycopg.Error:
         logger.debug("pickup latency not measured", exc_info=True)
     return await call_next()
@@ -100,29 +87,16 @@ class QueueCollector(Collector):
         )
         up = GaugeMetricFamily("collage_queue_up", "1 if the queue could be read.")
         try:
-            with (
-                psycopg.connect(
-                    self.dsn, connect_timeout=3, prepare_threshold=None, autocommit=True
-                ) as conn,
-                conn.transaction(),
-            ):
-                # SET LOCAL: a plain SET would stay on a transaction-pool server connection.
-                conn.execute("SET LOCAL statement_timeout = '3s'")
-                row = conn.execute(
-                    "SELECT waiting, retry_later, running, stalled,"
-                    " coalesce(extract(epoch FROM oldest_waiting_for), 0)"
-                    " FROM collage_queue_summary"
-                ).fetchone()
+            with inspection.connect(self.dsn) as conn:
+                row = inspection.summary(conn, timeout_s=SCRAPE_TIMEOUT_S)
         except psycopg.Error:
             up.add_metric([], 0)
             yield up
             return
-        assert row is not None
-        for state, value in zip(
-            ("waiting", "retry_later", "running", "stalled"), row, strict=False
-        ):
-            depth.add_metric([state], value)
-        oldest.add_metric([], float(row[4]))
+        for state in ("waiting", "retry_later", "running", "stalled"):
+            depth.add_metric([state], row[state])
+        waited = row["oldest_waiting_for"]
+        oldest.add_metric([], waited.total_seconds() if waited is not None else 0.0)
         up.add_metric([], 1)
         yield from (depth, oldest, up)
 

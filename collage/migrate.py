@@ -18,6 +18,8 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from collage import db
+
 logger = logging.getLogger(__name__)
 
 PROCRASTINATE_PREFIX = "procrastinate/"
@@ -83,7 +85,7 @@ def procrastinate_migrations() -> list[Migration]:
 
 
 def shipped_migrations() -> Path:
-    """The folder of this project's migration files as installed (top-level migrations/ in a checkout)."""
+    """Find the project's migration files where the package is installed (migrations/ here)."""
     return Path(str(resources.files("collage.migrations")))
 
 
@@ -97,7 +99,7 @@ def project_migrations(folder: Path | None = None) -> list[Migration]:
 
 def status(dsn: str, *, folder: Path | None = None) -> Status:
     """Compare the ledger with the shipped files without changing anything."""
-    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn:
+    with db.connect(dsn) as conn:
         applied = _applied(conn)
         has_procrastinate = _has_procrastinate(conn)
     pending = [m.name for m in _pending(applied, has_procrastinate, folder)]
@@ -109,7 +111,7 @@ def status(dsn: str, *, folder: Path | None = None) -> Status:
 def apply(dsn: str, *, folder: Path | None = None) -> list[str]:
     """Apply whatever is pending and return the names applied (empty when up to date)."""
     done: list[str] = []
-    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn:
+    with db.connect(dsn) as conn:
         _take_lock(conn)
         try:
             conn.execute(_CREATE_LEDGER)

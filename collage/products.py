@@ -14,13 +14,9 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
+from collage.constants import HOURLY_RETRY_SETTING, LOCK_PREFIX, sku_lock
+
 SCRAPER_NAME = "collage_worker"
-WAITING_OR_RUNNING = """
-    EXISTS (SELECT 1 FROM procrastinate_jobs j
-             WHERE j.queueing_lock = 'product:' || p.id AND j.status = 'todo')
-    OR EXISTS (SELECT 1 FROM procrastinate_jobs j
-                WHERE j.lock = 'product:' || p.id AND j.status = 'doing')
-"""
 
 
 @dataclass(frozen=True)
@@ -36,7 +32,7 @@ class Product:
 
     @property
     def lock(self) -> str:
-        return f"product:{self.id}"
+        return sku_lock(self.id)
 
 
 @dataclass(frozen=True)
@@ -113,10 +109,19 @@ async def enqueue(
 async def enqueue_unqueued(conn: AsyncConnection, *, limit: int) -> list[int]:
     """Queue 'uploaded' SKUs that have no waiting or running job (the safety sweep)."""
     cur = await conn.execute(
-        "WITH lost AS (SELECT p.id FROM raw_products p WHERE p.image_status = 'uploaded'"
-        f" AND NOT ({WAITING_OR_RUNNING}) ORDER BY p.updated_at, p.id LIMIT %s)"
-        " SELECT id FROM lost WHERE collage_enqueue(id) IS NOT NULL",
-        [limit],
+        """
+        WITH lost AS (
+            SELECT p.id FROM raw_products p
+             WHERE p.image_status = 'uploaded'
+               AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs j
+                                WHERE j.queueing_lock = %(prefix)s || p.id AND j.status = 'todo')
+               AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs j
+                                WHERE j.lock = %(prefix)s || p.id AND j.status = 'doing')
+             ORDER BY p.updated_at, p.id LIMIT %(limit)s
+        )
+        SELECT id FROM lost WHERE collage_enqueue(id) IS NOT NULL
+        """,
+        {"prefix": LOCK_PREFIX, "limit": limit},
     )
     return [row[0] for row in await cur.fetchall()]
 
@@ -128,7 +133,7 @@ async def requeue_errored(
     params = {"cooldown": cooldown_s, "max_rounds": max_rounds, "limit": limit}
     async with conn.transaction():
         # Tells the trigger this is a retry, not a new upload: the rounds count must stay.
-        await conn.execute("SET LOCAL collage.hourly_retry = 'on'")
+        await conn.execute("SELECT set_config(%s, 'on', true)", [HOURLY_RETRY_SETTING])
         cur = await conn.execute(_REQUEUE_ERRORED, params)
         return sorted(row[0] for row in await cur.fetchall())
 
@@ -170,6 +175,14 @@ async def record_outcome(conn: AsyncConnection, outcome: Outcome) -> None:
             outcome.bytes_out,
             outcome.duration_s,
         ],
+    )
+
+
+async def prune_outcomes(conn: AsyncConnection, *, older_than_hours: int) -> None:
+    """Forget finished attempts past retention (the finished jobs go at the same time)."""
+    await conn.execute(
+        "DELETE FROM collage_outcomes WHERE finished_at < now() - %s * interval '1 hour'",
+        [older_than_hours],
     )
 
 

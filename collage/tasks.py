@@ -8,21 +8,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
-from typing import TypeVar
+from dataclasses import dataclass
 
-import psycopg
 from procrastinate import JobContext
 from psycopg import AsyncConnection
 
 from collage import imaging, metrics, products
-from collage.app import QUEUE, app
+from collage.app import app
+from collage.constants import BUILD_TASK, QUEUE
 from collage.errors import (
     BadImageUrls,
     CollageError,
@@ -31,11 +26,10 @@ from collage.errors import (
     TooLarge,
     one_line,
 )
-from collage.settings import Settings, from_environment
+from collage.runtime import Runtime, connection, retry_db, runtime_of
 from collage.storage import LONGEST_CALL_S, Bucket, collage_key
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 # Transient failures: retried 5 times, 15 s to 4 min apart, before the SKU is marked 'error'.
 MAX_ATTEMPTS = 6
@@ -46,27 +40,6 @@ DOWNLOAD_CONCURRENCY = 4
 # The compressed originals of one SKU held in memory at once, whatever the rows claim.
 MAX_SKU_BYTES = 400 * 1024 * 1024
 _JSON_TYPES = {dict: "object", str: "string", int: "number", float: "number", bool: "boolean"}
-DB_RETRY_FOR_S = 60.0  # how long a build keeps retrying a database step after a dropped connection
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """What a job needs besides the database: the settings, the bucket, and threads to block in.
-
-    Blocking work (S3 calls, Pillow) runs on this executor rather than asyncio's default one,
-    so that a worker shutting down does not have to wait for an abandoned S3 call.
-    """
-
-    settings: Settings
-    bucket: Bucket
-    executor: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(thread_name_prefix="collage")
-    )
-
-    async def run(self, func: Callable[..., T], /, *args: object, **kwargs: object) -> T:
-        """Run a blocking call on the executor."""
-        call = functools.partial(func, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self.executor, call)
 
 
 @dataclass(frozen=True)
@@ -78,24 +51,12 @@ class Built:
     size: int
 
 
-def runtime_of(context: JobContext) -> Runtime:
-    """Use the Runtime `collage worker` passed in, or build one from the environment once."""
-    given = (context.additional_context or {}).get("runtime")
-    return given if isinstance(given, Runtime) else _environment_runtime()
-
-
-@functools.cache
-def _environment_runtime() -> Runtime:
-    settings = from_environment()
-    return Runtime(settings=settings, bucket=Bucket.from_settings(settings))
-
-
 def backoff_s(attempt: int) -> float:
     """Wait longer after each transient failure: 15 s, 30 s, 60 s ... capped at 4 minutes."""
     return min(BACKOFF_BASE_S * 2**attempt, BACKOFF_MAX_S)
 
 
-@app.task(name="collage.build", queue=QUEUE, pass_context=True)
+@app.task(name=BUILD_TASK, queue=QUEUE, pass_context=True)
 async def build(context: JobContext, product_id: int, attempt: int = 0) -> str:
     """Build, upload and record one SKU's collage; returns what happened.
 
@@ -105,60 +66,97 @@ async def build(context: JobContext, product_id: int, attempt: int = 0) -> str:
     """
     runtime = runtime_of(context)
     started = time.monotonic()
-
-    async def read() -> products.Product | None:
-        async with connection(context) as conn:
-            return await products.fetch(conn, product_id)
-
-    product = await _retry_db(read, product_id=product_id, step="read the SKU")
+    product = await retry_db(
+        lambda: read_product(context, product_id), product_id=product_id, step="read the SKU"
+    )
     if product is None or product.image_status != "uploaded":
         status = product.image_status if product else "deleted"
         _log("collage skipped", product_id, outcome="skipped", status=status)
         metrics.record_outcome("skipped", duration_s=time.monotonic() - started)
         return "skipped"
-    built: Built | None = None
-    failure: Exception | None = None
+    result = await make_and_upload(context, runtime, product)
+    # Writing the result again after a dropped connection is safe: the write is guarded.
+    outcome = await retry_db(
+        lambda: settle(context, product, result, attempt=attempt, started=started),
+        product_id=product.id,
+        step="record the result",
+    )
+    report(outcome, product, attempt=attempt)
+    return outcome.outcome
+
+
+async def read_product(context: JobContext, product_id: int) -> products.Product | None:
+    """Read the SKU as it is when the job starts."""
+    async with connection(context) as conn:
+        return await products.fetch(conn, product_id)
+
+
+async def make_and_upload(
+    context: JobContext, runtime: Runtime, product: products.Product
+) -> Built | Exception:
+    """Build and upload the collage; return what was built, or why it could not be."""
     put: asyncio.Future[Built] | None = None
     try:
         made = await make_collage(runtime, product)
         put = asyncio.ensure_future(upload(runtime, made))
-        built = await asyncio.shield(put)
+        return await asyncio.shield(put)
     except asyncio.CancelledError:
-        # The worker is shutting down past its grace period. An upload in flight cannot be
-        # stopped: keep the SKU's lock until it has landed or failed, or a newer build could
-        # finish first and be overwritten. Then queue the SKU for whoever is next.
-        if put is not None and not put.done():
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(put), LONGEST_CALL_S)
-        await asyncio.shield(_enqueue_again(context, product.id))
+        await asyncio.shield(hand_over(context, product.id, put))
         raise
     except Exception as exc:
-        failure = exc
         if not isinstance(exc, CollageError):
             logger.exception("unexpected error while building", extra={"product_id": product.id})
+        return exc
 
-    async def settle() -> products.Outcome:
-        async with connection(context) as conn, conn.transaction():
-            if built is not None:
-                owned = await products.mark_ready(conn, product, collage_url=built.url)
-                outcome = products.Outcome(
-                    product_id=product.id,
-                    job_id=None,
-                    outcome="built" if owned else "superseded",
-                    photos=built.photos,
-                    bytes_out=built.size,
-                )
-            else:
-                assert failure is not None
-                outcome = await _settle_failure(conn, product, failure, attempt=attempt)
-            outcome = dataclasses.replace(
-                outcome, job_id=context.job.id, duration_s=time.monotonic() - started
+
+async def hand_over(
+    context: JobContext, product_id: int, put: asyncio.Future[Built] | None
+) -> None:
+    """Queue an interrupted SKU again, once an upload in flight has landed or failed.
+
+    The worker is shutting down past its grace period. An upload in flight cannot be stopped:
+    the SKU's lock is kept until it is done, or a newer build could finish first and be
+    overwritten.
+    """
+    if put is not None and not put.done():
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(put), LONGEST_CALL_S)
+    async with connection(context) as conn:
+        await products.enqueue(conn, product_id)
+    _log("collage interrupted; queued again", product_id, outcome="interrupted")
+    metrics.record_outcome("interrupted", duration_s=0.0)
+
+
+async def settle(
+    context: JobContext,
+    product: products.Product,
+    result: Built | Exception,
+    *,
+    attempt: int,
+    started: float,
+) -> products.Outcome:
+    """Write the result and its outcome row in one transaction."""
+    async with connection(context) as conn, conn.transaction():
+        if isinstance(result, Built):
+            owned = await products.mark_ready(conn, product, collage_url=result.url)
+            outcome = products.Outcome(
+                product_id=product.id,
+                job_id=None,
+                outcome="built" if owned else "superseded",
+                photos=result.photos,
+                bytes_out=result.size,
             )
-            await products.record_outcome(conn, outcome)
-            return outcome
+        else:
+            outcome = await _settle_failure(conn, product, result, attempt=attempt)
+        outcome = dataclasses.replace(
+            outcome, job_id=context.job.id, duration_s=time.monotonic() - started
+        )
+        await products.record_outcome(conn, outcome)
+        return outcome
 
-    # Writing the result again after a dropped connection is safe: the write is guarded.
-    outcome = await _retry_db(settle, product_id=product.id, step="record the result")
+
+def report(outcome: products.Outcome, product: products.Product, *, attempt: int) -> None:
+    """Count the outcome and log it in one line."""
     metrics.record_outcome(
         outcome.outcome, error_class=outcome.error_class, duration_s=outcome.duration_s or 0.0
     )
@@ -175,7 +173,6 @@ async def build(context: JobContext, product_id: int, attempt: int = 0) -> str:
         error_class=outcome.error_class,
         error=outcome.message,
     )
-    return outcome.outcome
 
 
 @dataclass(frozen=True)
@@ -253,46 +250,6 @@ async def _settle_failure(
         error_class=type(exc).__name__,
         message=message,
     )
-
-
-async def _retry_db(step_call: Callable[[], Awaitable[T]], *, product_id: int, step: str) -> T:
-    """Run a database step again after a dropped connection or a restart, for a minute at most.
-
-    Without this, a connection killed under a build would fail the job and leave its SKU
-    'uploaded' with no job until the next sweep.
-    """
-    deadline = time.monotonic() + DB_RETRY_FOR_S
-    delay = 0.1
-    while True:
-        try:
-            return await step_call()
-        except psycopg.OperationalError as exc:  # includes PoolTimeout and AdminShutdown
-            if time.monotonic() + delay > deadline:
-                raise
-            logger.warning(
-                "database step failed; retrying",
-                extra={
-                    "action": "build_collage",
-                    "product_id": product_id,
-                    "step": step,
-                    "error": one_line(exc),
-                    "retry_in_s": delay,
-                },
-            )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-
-
-def connection(context: JobContext) -> AbstractAsyncContextManager[AsyncConnection]:
-    """Borrow a connection from the app's pool (the transaction-mode URL)."""
-    return context.app.connector.pool.connection()  # type: ignore[attr-defined, no-any-return]
-
-
-async def _enqueue_again(context: JobContext, product_id: int) -> None:
-    async with connection(context) as conn:
-        await products.enqueue(conn, product_id)
-    _log("collage interrupted; queued again", product_id, outcome="interrupted")
-    metrics.record_outcome("interrupted", duration_s=0.0)
 
 
 def _log(message: str, product_id: int, **fields: object) -> None:

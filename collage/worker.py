@@ -17,16 +17,15 @@ from typing import Any
 
 from procrastinate.middleware import WorkerMiddleware
 
-from collage.app import QUEUE, STALLED_WORKER_S, bind
+from collage.app import bind
+from collage.constants import GRACEFUL_TIMEOUT_S, QUEUE, STALLED_WORKER_S
+from collage.runtime import Runtime
 from collage.settings import Settings
-from collage.storage import Bucket
-from collage.tasks import Runtime
 
 logger = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_GAVE_UP = 1
-GRACEFUL_TIMEOUT_S = 60.0
 RESTART_DELAY_MIN_S = 0.2
 RESTART_DELAY_MAX_S = 10.0
 HEALTHY_RUN_S = 60.0  # a run at least this long resets the give-up clock
@@ -37,7 +36,7 @@ async def supervise(
     settings: Settings,
     *,
     concurrency: int | None = None,
-    graceful_timeout_s: float = GRACEFUL_TIMEOUT_S,
+    graceful_timeout_s: float = float(GRACEFUL_TIMEOUT_S),
     give_up_after_s: float = 300.0,
     stop: asyncio.Event | None = None,
     middleware: Sequence[WorkerMiddleware] = (),
@@ -47,7 +46,7 @@ async def supervise(
     stop = stop or _stop_on_signals()
     if concurrency:  # the connection pool is sized from the settings
         settings = settings.replace(worker_concurrency=concurrency)
-    runtime = Runtime(settings=settings, bucket=Bucket.from_settings(settings))
+    runtime = Runtime.from_settings(settings)
     delay = RESTART_DELAY_MIN_S
     failing_since: float | None = None
     while not stop.is_set():
@@ -72,7 +71,7 @@ async def supervise(
                 "worker keeps failing; giving up",
                 extra={"action": "supervise", "error": error, "failing_s": give_up_after_s},
             )
-            runtime.executor.shutdown(wait=False, cancel_futures=True)
+            runtime.close()
             return EXIT_GAVE_UP
         logger.warning(
             "worker stopped unexpectedly; restarting",
@@ -81,9 +80,8 @@ async def supervise(
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=delay)
         delay = min(delay * 2, RESTART_DELAY_MAX_S)
-    # An S3 call abandoned at shutdown may still hang in a thread: do not wait for it, its job
-    # has been queued again already.
-    runtime.executor.shutdown(wait=False, cancel_futures=True)
+    # Its job has been queued again already.
+    runtime.close()
     logger.info("worker stopped", extra={"action": "supervise"})
     return EXIT_OK
 

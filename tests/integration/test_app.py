@@ -10,7 +10,8 @@ from pathlib import Path
 
 import psycopg
 
-from collage.app import MAINTENANCE_PRIORITY, app
+from collage.app import app
+from collage.constants import MAINTENANCE_PRIORITY
 from collage.settings import Settings
 from dev.photos import jpeg
 from tests.support.skus import add_product, env_of, upload, wait_settled
@@ -87,7 +88,7 @@ def test_procrastinate_cli_runs_the_same_worker(
 
 
 def test_the_views_use_the_same_stalled_threshold_as_the_rescue(db: psycopg.Connection) -> None:
-    from collage.app import STALLED_WORKER_S
+    from collage.constants import STALLED_WORKER_S
 
     view = db.execute("SELECT pg_get_viewdef('collage_queue_summary'::regclass)").fetchone()[0]
     assert f"'00:{STALLED_WORKER_S // 60:02d}:00'::interval" in view

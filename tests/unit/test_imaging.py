@@ -14,10 +14,11 @@ from fractions import Fraction
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image, ImageChops, ImageCms, ImageDraw, ImageFile, ImageStat, JpegImagePlugin
+from PIL import Image, ImageChops, ImageCms, ImageFile, ImageStat, JpegImagePlugin
 
 from collage.errors import NoPhotos, PhotoUnreadable, TooLarge
 from collage.imaging import RESAMPLING, Limits, build_collage, plan_layout
+from dev.photos import shapes
 
 Colour = tuple[int, int, int]
 NAMES = ["s3://bucket/a.jpg", "s3://bucket/b.jpg", "s3://bucket/c.jpg"]
@@ -47,18 +48,6 @@ def solid(colour: Colour, size: tuple[int, int] = (16, 16)) -> bytes:
     return encode(Image.new("RGB", size, colour))
 
 
-def textured(size: tuple[int, int], seed: int) -> Image.Image:
-    """Draw smooth gradients and hard-edged shapes, so that a misplaced panel shows in PSNR."""
-    rnd = random.Random(seed)
-    image = Image.frombytes("RGB", (3, 3), rnd.randbytes(27)).resize(size, Image.Resampling.BICUBIC)
-    draw = ImageDraw.Draw(image)
-    for _ in range(4):
-        x, y = rnd.randrange(size[0]), rnd.randrange(size[1])
-        box = (x, y, x + size[0] // 3, y + size[1] // 4)
-        draw.ellipse(box, fill=tuple(rnd.randrange(256) for _ in range(3)))
-    return image
-
-
 def psnr(a: Image.Image, b: Image.Image) -> float:
     """Return the PSNR of two RGB images of one size, in dB."""
     mse = sum(rms * rms for rms in ImageStat.Stat(ImageChops.difference(a, b)).rms) / 3
@@ -76,9 +65,9 @@ def centre_pixel(data: bytes) -> Colour:
     return image.getpixel((image.width // 2, image.height // 2))
 
 
-GOOD_JPEG = encode(textured((64, 64), 9), quality=90)
-GOOD_PNG = encode(textured((64, 64), 9), "PNG")
-GOOD_WEBP = encode(textured((64, 64), 9), "WEBP")
+GOOD_JPEG = encode(shapes((64, 64), 9), quality=90)
+GOOD_PNG = encode(shapes((64, 64), 9), "PNG")
+GOOD_WEBP = encode(shapes((64, 64), 9), "WEBP")
 
 
 # --- colour science, written out so that the ICC tests check ImageCms against the maths ----------
@@ -322,7 +311,7 @@ def test_output_is_tagged_srgb_without_exif_or_comment() -> None:
 
 
 def test_each_panel_is_its_photo_resized() -> None:
-    images = [textured((60, 90), 1), textured((64, 60), 2), textured((45, 72), 3)]
+    images = [shapes((60, 90), 1), shapes((64, 60), 2), shapes((45, 72), 3)]
     photos = [encode(image, quality=98, subsampling=0) for image in images]
     collage = decode(build_collage(photos))
     layout = plan_layout([image.size for image in images])
@@ -338,7 +327,7 @@ def test_each_panel_is_its_photo_resized() -> None:
 
 
 def test_one_photo_is_reencoded_as_it_is() -> None:
-    photo = encode(textured((50, 70), 4), quality=90)
+    photo = encode(shapes((50, 70), 4), quality=90)
     collage = decode(build_collage([photo]))
     assert collage.size == (50, 70)
     assert JpegImagePlugin.get_sampling(collage) == 0
