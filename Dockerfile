@@ -62,12 +62,12 @@ RUN /opt/collage/bin/pip install -q --no-deps --no-index --no-cache-dir \
     && rm -rf /tmp/dist
 
 USER collage
-# Exec form: the worker is PID 1, so SIGTERM from `docker stop` reaches it directly; it drains
-# running jobs for --graceful-timeout and exits. Give `docker stop` longer than that: compose's
-# stop_grace_period is 90 s; with plain `docker run`, pass --stop-timeout 90 (Docker's default
-# is 10 s, after which it sends SIGKILL).
+# Exec form: the worker is PID 1, so SIGTERM from `docker stop` reaches it directly; it lets
+# running builds finish for 60 s (--graceful-timeout, collage.constants.GRACEFUL_TIMEOUT_S) and
+# exits. Give `docker stop` longer than that: compose's stop_grace_period is 90 s; with plain
+# `docker run`, pass --stop-timeout 90 (Docker's default is 10 s, then SIGKILL).
 ENTRYPOINT ["collage"]
-CMD ["worker", "--graceful-timeout", "60"]
+CMD ["worker"]
 
 HEALTHCHECK --interval=30s --timeout=20s --start-period=30s --retries=3 \
     CMD ["collage", "health"]
