@@ -17,21 +17,21 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-# Only what decides the dependencies: code and README edits do not reinstall them. The
-# placeholder package lets pip resolve setup.cfg's requirements before the code is copied, and
-# the build tools are kept as wheels so the code's own build needs no network.
+# Only what decides the dependencies: code and README edits do not reinstall them. setup.cfg's
+# requirements are installed at the pins of constraints.txt, without building the package, and
+# the build tools are kept as wheels so that the package's own build needs no network.
 COPY pyproject.toml setup.cfg constraints.txt ./
 RUN set -eu; \
     if [ -n "$EXTRA_CA_CERTS" ]; then \
       { cat /etc/ssl/certs/ca-certificates.crt; printf '%s\n' "$EXTRA_CA_CERTS"; } >/tmp/ca.pem; \
       export PIP_CERT=/tmp/ca.pem; \
     fi; \
+    python -c 'import configparser as c; p = c.ConfigParser(); p.read("setup.cfg"); \
+print(p["options"]["install_requires"])' >requirements.txt; \
     python -m venv /opt/collage; \
-    mkdir -p collage migrations; \
-    /opt/collage/bin/pip install -q -c constraints.txt .; \
-    /opt/collage/bin/pip uninstall -q -y collage; \
-    /opt/collage/bin/pip download -q -d /wheelhouse 'setuptools>=69' wheel; \
-    rm -rf /tmp/ca.pem collage migrations build ./*.egg-info
+    /opt/collage/bin/pip install -q -c constraints.txt -r requirements.txt; \
+    /opt/collage/bin/pip download -q -d /wheelhouse -c constraints.txt 'setuptools>=69' wheel; \
+    rm -f /tmp/ca.pem
 
 # --- the package, built offline from the cached build tools ----------------------------------
 FROM deps AS wheel
