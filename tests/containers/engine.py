@@ -124,6 +124,7 @@ def build(context: Path, tag: str, *args: str, timeout: float = 900) -> Build:
     started = time.monotonic()
     result = docker(
         "build",
+        "--force-rm",  # a failed step leaves no stopped container behind
         "--build-arg",
         "EXTRA_CA_CERTS",
         "-t",
