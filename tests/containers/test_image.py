@@ -114,6 +114,13 @@ def db(settings: Settings) -> Iterator[Db]:
     made.close()
 
 
+@pytest.fixture
+def empty(empty_db: str) -> Iterator[Db]:
+    made = Db(empty_db)
+    yield made
+    made.close()
+
+
 @pytest.fixture(params=["direct", "pgbouncer"])
 def route(request: pytest.FixtureRequest, empty_db: str) -> tuple[str, str]:
     """(STAGING_DB_URL, STAGING_DB_SESSION_URL): PostgreSQL itself, or both PgBouncer pools."""
@@ -127,6 +134,7 @@ def route(request: pytest.FixtureRequest, empty_db: str) -> tuple[str, str]:
 def test_the_image_migrates_then_builds_a_collage_and_reports_healthy(
     route: tuple[str, str],
     empty_db: str,
+    empty: Db,
     settings: Settings,
     s3,
     worker_image: str,
@@ -143,7 +151,7 @@ def test_the_image_migrates_then_builds_a_collage_and_reports_healthy(
     assert again.returncode == 0 and "already up to date" in again.stdout, again.stderr
 
     worker = start_worker(worker_image, env, containers, empty_db)
-    db = Db(empty_db)
+    db = empty
     urls = red_then_blue(s3, settings.s3_bucket, "image")
     product_id = add_sku(db, urls, "IMG-1")
     wait_settled(db, [product_id], timeout=60, what="the container to build the collage")
@@ -167,7 +175,6 @@ def test_the_image_migrates_then_builds_a_collage_and_reports_healthy(
     engine.docker("stop", worker.name, timeout=120)
     assert worker.state()["ExitCode"] == 0, worker.logs()[-3000:]
     assert time.monotonic() - stopped < 15  # idle: nothing to drain
-    db.close()
 
 
 def route_name(db_url: str, direct: str) -> str:
