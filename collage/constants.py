@@ -13,6 +13,9 @@ RETRY_ERRORS_TASK = "collage.retry_errors"
 RESCUE_TASK = "collage.rescue"
 CLEANUP_TASK = "collage.cleanup"
 
+# Where collages are written: never a photo to read.
+COLLAGE_PREFIX = "collages"
+
 # One lock per SKU: Procrastinate runs one job per lock, and the queueing lock of the same name
 # keeps one waiting. SQL builds it as 'product:' || id.
 LOCK_PREFIX = "product:"

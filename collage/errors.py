@@ -5,7 +5,15 @@ from __future__ import annotations
 
 def one_line(exc: BaseException) -> str:
     """Return an exception's message on one line, for logs and error_message, never a traceback."""
-    return " ".join(str(exc).split()) or type(exc).__name__
+    return printable(str(exc)) or type(exc).__name__
+
+
+def printable(text: str) -> str:
+    """Collapse whitespace and escape control characters (a row's URL may hold any)."""
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+        for c in " ".join(text.split())
+    )
 
 
 class CollageError(Exception):
@@ -17,7 +25,7 @@ class CollageError(Exception):
     @property
     def message(self) -> str:
         """The one line an operator reads in `error_message`."""
-        return str(self.args[0])
+        return printable(str(self.args[0]))
 
 
 class Transient(CollageError):
@@ -54,6 +62,10 @@ class PhotoUnreadable(Permanent):
 
 class TooLarge(Permanent):
     """The photos or the collage exceed a size limit."""
+
+
+class KeyTaken(Permanent):
+    """Another row with the same brand and external_id owns this SKU's collage."""
 
 
 def error_classes() -> frozenset[str]:

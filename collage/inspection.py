@@ -130,13 +130,21 @@ class RequeueFilter:
 
     brand: str | None = None
     ids: Sequence[int] = ()
-    error_like: str | None = None
+    error_like: str | None = None  # a literal piece of the message, any case
+    error_pattern: str | None = None  # a LIKE pattern, for who wants % and _
     older_than: timedelta | None = None
     limit: int | None = None
 
     @property
     def is_empty(self) -> bool:
-        return not (self.brand or self.ids or self.error_like or self.older_than or self.limit)
+        return not (
+            self.brand
+            or self.ids
+            or self.error_like
+            or self.error_pattern
+            or self.older_than
+            or self.limit
+        )
 
 
 def errored(conn: psycopg.Connection[Row], where: RequeueFilter) -> list[Row]:
@@ -148,6 +156,7 @@ def errored(conn: psycopg.Connection[Row], where: RequeueFilter) -> list[Row]:
          WHERE image_status = 'error'
            AND (%(brand)s::text IS NULL OR brand = %(brand)s)
            AND (cardinality(%(ids)s::bigint[]) = 0 OR id = ANY(%(ids)s))
+           AND (%(like)s::text IS NULL OR error_message ILIKE %(like)s)
            AND (%(pattern)s::text IS NULL OR error_message ILIKE %(pattern)s)
            AND (%(older)s::interval IS NULL OR updated_at < now() - %(older)s::interval)
          ORDER BY updated_at, id
@@ -156,7 +165,8 @@ def errored(conn: psycopg.Connection[Row], where: RequeueFilter) -> list[Row]:
         {
             "brand": where.brand,
             "ids": list(where.ids),
-            "pattern": _like(where.error_like),
+            "like": _containing(where.error_like),
+            "pattern": where.error_pattern,
             "older": where.older_than,
             "limit": where.limit,
         },
@@ -190,8 +200,9 @@ def heartbeat_age_s(conn: psycopg.Connection[Row]) -> float | None:
     return float(row["age"]) if row and row["age"] is not None else None
 
 
-def _like(pattern: str | None) -> str | None:
-    """Let operators write plain text or their own % wildcards."""
-    if pattern is None:
+def _containing(text: str | None) -> str | None:
+    """A LIKE pattern that matches `text` literally anywhere (a pasted message may hold % or _)."""
+    if text is None:
         return None
-    return pattern if "%" in pattern else f"%{pattern}%"
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"

@@ -16,7 +16,7 @@ from procrastinate.exceptions import ConnectorException
 from procrastinate.jobs import Status
 from psycopg import AsyncConnection
 
-from collage import products
+from collage import outcomes, products
 from collage.app import app
 from collage.constants import (
     BUILD_TASK,
@@ -65,7 +65,7 @@ async def run_sweep(conn: AsyncConnection, *, limit: int) -> list[int]:
     """Do what the periodic sweep does (also `collage sweep`)."""
     started_at = datetime.now(UTC)
     queued = await products.enqueue_unqueued(conn, limit=limit)
-    summary = await products.log_batch(conn, started_at=started_at)
+    summary = await outcomes.log_batch(conn, started_at=started_at)
     logger.info("sweep done", extra={"action": "sweep", "queued": len(queued), **summary})
     return queued
 
@@ -123,7 +123,7 @@ async def cleanup(context: JobContext, timestamp: int | None = None) -> int:
         nb_hours=RETENTION_HOURS, include_failed=True, include_cancelled=True, include_aborted=True
     )
     async with connection(context) as conn:
-        await products.prune_outcomes(conn, older_than_hours=RETENTION_HOURS)
+        await outcomes.prune(conn, older_than_hours=RETENTION_HOURS)
     logger.info("cleanup done", extra={"action": "cleanup", "files_removed": removed})
     return removed
 

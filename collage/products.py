@@ -1,4 +1,4 @@
-"""SQL on raw_products, scraper_logs and the job ledger; bound parameters only.
+"""SQL on raw_products: read a SKU, claim it for a result, mark it, queue it; bound parameters only.
 
 Every function takes an open async connection and leaves the transaction to its caller (a
 connection borrowed from the pool commits when it is returned); none relies on session state,
@@ -12,11 +12,14 @@ from datetime import datetime
 from typing import Any
 
 from psycopg import AsyncConnection
-from psycopg.rows import dict_row
 
 from collage.constants import HOURLY_RETRY_SETTING, LOCK_PREFIX, sku_lock
 
-SCRAPER_NAME = "collage_worker"
+# A SKU's collage key is collages/{brand}/{external_id}.jpg: two rows with the same pair would
+# write the same object. The newer upload owns it; the other row is marked 'error' naming it.
+KEY_TAKEN = (
+    "{key} now belongs to SKU {owner}, which has the same brand and external_id and a newer upload"
+)
 
 
 @dataclass(frozen=True)
@@ -28,31 +31,18 @@ class Product:
     brand: str
     image_urls: Any  # as stored: the job checks that it is a list of URLs
     image_status: str | None
-    urls_text: str | None  # image_urls as PostgreSQL prints it: what the write guard compares
+    generation: int  # upload_generation: one more at every write that marks the SKU 'uploaded'
+    uploaded_at: datetime | None
 
     @property
     def lock(self) -> str:
         return sku_lock(self.id)
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """One finished attempt, written to collage_outcomes."""
-
-    product_id: int
-    job_id: int | None
-    outcome: str  # built | error | retry | superseded
-    error_class: str | None = None
-    message: str | None = None
-    photos: int | None = None
-    bytes_out: int | None = None
-    duration_s: float | None = None
-
-
 async def fetch(conn: AsyncConnection, product_id: int) -> Product | None:
     """Read one SKU as it is now."""
     cur = await conn.execute(
-        "SELECT id, external_id, brand, image_urls, image_status, image_urls::text"
+        "SELECT id, external_id, brand, image_urls, image_status, upload_generation, uploaded_at"
         " FROM raw_products WHERE id = %s",
         [product_id],
     )
@@ -60,47 +50,107 @@ async def fetch(conn: AsyncConnection, product_id: int) -> Product | None:
     return Product(*row) if row else None
 
 
-# The result is written only while the row is still the one the job read, and while no newer
-# job waits for it: a re-upload during the build queues that job, which then owns the SKU.
-_STILL_OURS = """
-    id = %(id)s AND image_status = 'uploaded' AND image_urls::text IS NOT DISTINCT FROM %(urls)s
-    AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs
-                     WHERE queueing_lock = %(lock)s AND status = 'todo')
-"""
+async def claim(conn: AsyncConnection, product: Product) -> bool:
+    """Lock the SKU's row; True while it is still the upload this build read.
 
-
-async def mark_ready(conn: AsyncConnection, product: Product, *, collage_url: str) -> bool:
-    """Record the collage; False when a newer upload owns the SKU now."""
+    The lock comes before the check, so a re-upload that commits while this waits for the row
+    is seen: its new generation makes this build's result stale.
+    """
     cur = await conn.execute(
-        "UPDATE raw_products SET collage_url = %(url)s, image_status = 'collage_ready',"
-        " error_message = NULL, updated_at = now() WHERE" + _STILL_OURS,
-        {**_guard(product), "url": collage_url},
+        "SELECT image_status = 'uploaded' AND upload_generation = %s"
+        " FROM raw_products WHERE id = %s FOR UPDATE",
+        [product.generation, product.id],
     )
-    if cur.rowcount:
-        await conn.execute("DELETE FROM collage_retry_rounds WHERE product_id = %s", [product.id])
-    return cur.rowcount == 1
+    row = await cur.fetchone()
+    return bool(row and row[0])
 
 
-async def mark_error(conn: AsyncConnection, product: Product, *, message: str) -> bool:
-    """Mark the SKU broken with one line an operator can act on; False when superseded."""
+async def lock_collage_key(conn: AsyncConnection, key: str) -> None:
+    """Take turns, until this transaction ends, with any build that writes the same key.
+
+    A transaction-level advisory lock: safe through PgBouncer's transaction pool.
+    """
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [key])
+
+
+async def newer_owner(conn: AsyncConnection, product: Product) -> int | None:
+    """Another row naming the same collage whose upload is newer than this one's, if any."""
     cur = await conn.execute(
-        "UPDATE raw_products SET image_status = 'error', error_message = %(message)s,"
-        " updated_at = now() WHERE" + _STILL_OURS,
-        {**_guard(product), "message": message[:2000]},
+        """
+        SELECT id FROM raw_products
+         WHERE brand = %(brand)s AND external_id = %(external_id)s AND id <> %(id)s
+           AND image_status IN ('uploaded', 'collage_ready')
+           AND (coalesce(uploaded_at, '-infinity'), id)
+               > (coalesce(%(uploaded_at)s::timestamptz, '-infinity'), %(id)s)
+         ORDER BY uploaded_at DESC NULLS LAST, id DESC LIMIT 1
+        """,
+        _identity(product),
     )
-    return cur.rowcount == 1
+    row = await cur.fetchone()
+    return int(row[0]) if row else None
 
 
-def _guard(product: Product) -> dict[str, Any]:
-    return {"id": product.id, "urls": product.urls_text, "lock": product.lock}
+async def mark_ready(
+    conn: AsyncConnection, product: Product, *, collage_url: str, key: str
+) -> list[int]:
+    """Record the collage of a claimed SKU; return the older rows that named the same key.
+
+    Those rows showed a collage that is now this one's: they are marked 'error' naming the owner.
+    """
+    await conn.execute(
+        "UPDATE raw_products SET collage_url = %s, image_status = 'collage_ready',"
+        " error_message = NULL, updated_at = now() WHERE id = %s",
+        [collage_url, product.id],
+    )
+    await conn.execute("DELETE FROM collage_retry_rounds WHERE product_id = %s", [product.id])
+    cur = await conn.execute(
+        """
+        UPDATE raw_products SET image_status = 'error', error_message = %(message)s,
+               updated_at = now()
+         WHERE brand = %(brand)s AND external_id = %(external_id)s AND id <> %(id)s
+           AND image_status IN ('uploaded', 'collage_ready')
+           AND (coalesce(uploaded_at, '-infinity'), id)
+               < (coalesce(%(uploaded_at)s::timestamptz, '-infinity'), %(id)s)
+        RETURNING id
+        """,
+        {**_identity(product), "message": KEY_TAKEN.format(key=key, owner=product.id)},
+    )
+    return sorted(row[0] for row in await cur.fetchall())
+
+
+async def mark_error(conn: AsyncConnection, product: Product, *, message: str) -> None:
+    """Mark a claimed SKU broken with one line an operator can act on."""
+    await conn.execute(
+        "UPDATE raw_products SET image_status = 'error', error_message = %s, updated_at = now()"
+        " WHERE id = %s",
+        [message[:2000], product.id],
+    )
+
+
+def _identity(product: Product) -> dict[str, Any]:
+    return {
+        "id": product.id,
+        "brand": product.brand,
+        "external_id": product.external_id,
+        "uploaded_at": product.uploaded_at,
+    }
 
 
 async def enqueue(
-    conn: AsyncConnection, product_id: int, *, attempt: int = 0, delay_s: float | None = None
+    conn: AsyncConnection,
+    product_id: int,
+    *,
+    attempt: int = 0,
+    delay_s: float | None = None,
+    generation: int | None = None,
 ) -> int | None:
-    """Queue a build through the same function the trigger uses; None if one already waits."""
+    """Queue a build through the same function the trigger uses; None if one already waits.
+
+    Without a generation, the SKU's current one is built.
+    """
     cur = await conn.execute(
-        "SELECT collage_enqueue(%s, %s, %s * interval '1 second')", [product_id, attempt, delay_s]
+        "SELECT collage_enqueue(%s, %s, %s * interval '1 second', %s)",
+        [product_id, attempt, delay_s, generation],
     )
     row = await cur.fetchone()
     return row[0] if row else None
@@ -158,58 +208,3 @@ UPDATE raw_products p SET image_status = 'uploaded', updated_at = now()
   FROM due WHERE p.id = due.id
 RETURNING p.id
 """
-
-
-async def record_outcome(conn: AsyncConnection, outcome: Outcome) -> None:
-    """Append one attempt's result to the ledger."""
-    await conn.execute(
-        "INSERT INTO collage_outcomes (product_id, job_id, outcome, error_class, message,"
-        " photos, bytes_out, duration_s) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-        [
-            outcome.product_id,
-            outcome.job_id,
-            outcome.outcome,
-            outcome.error_class,
-            outcome.message,
-            outcome.photos,
-            outcome.bytes_out,
-            outcome.duration_s,
-        ],
-    )
-
-
-async def prune_outcomes(conn: AsyncConnection, *, older_than_hours: int) -> None:
-    """Forget finished attempts past retention (the finished jobs go at the same time)."""
-    await conn.execute(
-        "DELETE FROM collage_outcomes WHERE finished_at < now() - %s * interval '1 hour'",
-        [older_than_hours],
-    )
-
-
-async def log_batch(conn: AsyncConnection, *, started_at: datetime) -> dict[str, Any]:
-    """Write one scraper_logs row summing up the SKUs finished since the previous row."""
-    cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(
-        """
-        WITH since AS (
-            SELECT coalesce(max(completed_at), '-infinity'::timestamptz) AS t
-              FROM scraper_logs WHERE scraper_name = %(name)s
-        ), done AS (
-            SELECT count(*) FILTER (WHERE outcome IN ('built', 'error')) AS fetched,
-                   count(*) FILTER (WHERE outcome = 'built') AS new,
-                   count(*) FILTER (WHERE outcome = 'error') AS errors
-              FROM collage_outcomes, since WHERE finished_at > since.t AND finished_at <= now()
-        )
-        INSERT INTO scraper_logs (scraper_name, status, records_fetched, records_new,
-                                  records_errors, started_at, completed_at, duration_seconds)
-        SELECT %(name)s,
-               CASE WHEN errors = 0 THEN 'success' WHEN new = 0 THEN 'error' ELSE 'partial' END,
-               fetched, new, errors, %(started)s, now(),
-               extract(epoch FROM now() - %(started)s)
-          FROM done
-        RETURNING status, records_fetched, records_new, records_errors
-        """,
-        {"name": SCRAPER_NAME, "started": started_at},
-    )
-    row = await cur.fetchone()
-    return dict(row or {})

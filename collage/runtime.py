@@ -86,7 +86,10 @@ async def retry_db(step_call: Callable[[], Awaitable[T]], *, product_id: int, st
     while True:
         try:
             return await step_call()
-        except psycopg.OperationalError as exc:  # includes PoolTimeout and AdminShutdown
+        # A dropped connection (PoolTimeout and AdminShutdown included), or a deadlock with a
+        # downloader's bulk UPDATE (TransactionRollback is one too): the step's transaction was
+        # rolled back whole, so running it again is safe.
+        except psycopg.OperationalError as exc:
             if time.monotonic() + delay > deadline:
                 raise
             logger.warning(

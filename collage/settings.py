@@ -15,12 +15,16 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from collage.constants import COLLAGE_PREFIX
 from collage.errors import ConfigError
 
 T = TypeVar("T")
 
 DEFAULT_BUCKET = "unde-images"
 DEFAULT_REGION = "us-east-1"
+DEFAULT_ORIGINALS_PREFIX = "originals/"
+# libpq parameters whose values are secrets (passfile and sslkey name files, not secrets).
+SECRET_PARAMETERS = frozenset({"password", "sslpassword", "oauth_client_secret"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,6 +39,7 @@ class Settings:
     s3_bucket: str = DEFAULT_BUCKET
     s3_region: str = DEFAULT_REGION
     s3_public_url: str = ""
+    s3_originals_prefix: str = DEFAULT_ORIGINALS_PREFIX
     batch_size: int = 100
     collage_quality: int = 95
     worker_concurrency: int = 2
@@ -60,6 +65,9 @@ class Settings:
             s3_bucket=_optional(env, "S3_BUCKET", _bucket, DEFAULT_BUCKET),
             s3_region=_optional(env, "S3_REGION", str, DEFAULT_REGION),
             s3_public_url=_optional(env, "S3_PUBLIC_URL", _http_url, ""),
+            s3_originals_prefix=_optional(
+                env, "S3_ORIGINALS_PREFIX", _originals_prefix, DEFAULT_ORIGINALS_PREFIX
+            ),
             batch_size=_optional(env, "BATCH_SIZE", _int_between(1, 10_000), 100),
             collage_quality=_optional(env, "COLLAGE_QUALITY", _int_between(1, 100), 95),
             worker_concurrency=_optional(env, "WORKER_CONCURRENCY", _int_between(1, 64), 2),
@@ -79,19 +87,24 @@ def from_environment() -> Settings:
 
 
 def redact(dsn: str) -> str:
-    """Hide the password in a connection URL so it can be logged."""
+    """Hide every secret in a connection URL or key=value string so it can be logged."""
     if "://" not in dsn:
         params = conninfo_to_dict(dsn)
-        return make_conninfo(**{**params, "password": "***"}) if "password" in params else dsn
+        hidden = {key: "***" for key in params if _is_secret(key)}
+        return make_conninfo(**{**params, **hidden}) if hidden else dsn
     parts = urlsplit(dsn)
     netloc = parts.netloc
     if parts.password is not None:
         netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
     pairs = parse_qsl(parts.query, keep_blank_values=True)
     query = urlencode(
-        [(k, "***" if k == "password" else v) for k, v in pairs], safe="*", quote_via=quote
+        [(k, "***" if _is_secret(k) else v) for k, v in pairs], safe="*", quote_via=quote
     )
     return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _is_secret(parameter: str) -> bool:
+    return parameter in SECRET_PARAMETERS or "password" in parameter or "secret" in parameter
 
 
 def _default_temp_dir() -> Path:
@@ -126,9 +139,29 @@ def _dsn(raw: str) -> str:
 
 
 def _http_url(raw: str) -> str:
-    parts = urlsplit(raw)
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
+    try:
+        parts = urlsplit(raw)
+        hostname = parts.hostname
+    except ValueError:
+        raise ValueError("expected an http(s)://host URL") from None
+    if parts.username is not None or parts.password is not None:
+        # It would be printed by `collage health` and written into every collage_url.
+        raise ValueError("must not hold credentials; use S3_ACCESS_KEY and S3_SECRET_KEY")
+    if parts.scheme not in {"http", "https"} or not hostname:
         raise ValueError(f"expected an http(s)://host URL, got {raw!r}")
+    return raw
+
+
+def _originals_prefix(raw: str) -> str:
+    segments = raw.split("/")
+    if (
+        not raw.endswith("/")
+        or raw.startswith("/")
+        or any(s in {"", ".", ".."} for s in segments[:-1])
+    ):
+        raise ValueError(f"expected a key prefix such as originals/, got {raw!r}")
+    if raw.startswith(f"{COLLAGE_PREFIX}/"):
+        raise ValueError(f"{COLLAGE_PREFIX}/ is where collages are written, never read")
     return raw
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
@@ -11,6 +12,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from collage.constants import COLLAGE_PREFIX
 from collage.errors import (
     BadImageUrls,
     ForeignUrl,
@@ -26,9 +28,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-COLLAGE_PREFIX = "collages"
 # A product photo is a few MB; anything far beyond is not a photo we should hold in memory.
 MAX_OBJECT_BYTES = 80 * 1024 * 1024
+CHUNK_BYTES = 1024 * 1024  # how often a download checks its caps and whether to go on
 CONNECT_TIMEOUT_S = 5
 READ_TIMEOUT_S = 20
 MAX_ATTEMPTS = 3
@@ -47,6 +49,7 @@ class Bucket:
     name: str
     endpoint: str
     public_url: str
+    originals_prefix: str = "originals/"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Bucket:
@@ -71,23 +74,37 @@ class Bucket:
             name=settings.s3_bucket,
             endpoint=settings.s3_endpoint,
             public_url=settings.s3_public_url,
+            originals_prefix=settings.s3_originals_prefix,
         )
 
     def key_for(self, url: object) -> str:
         """Map a photo URL from a row to a key in this bucket; refuse anything else."""
         return key_for_url(
-            url, bucket=self.name, endpoint=self.endpoint, public_url=self.public_url
+            url,
+            bucket=self.name,
+            endpoint=self.endpoint,
+            public_url=self.public_url,
+            prefix=self.originals_prefix,
         )
 
-    def get(self, key: str, *, max_bytes: int = MAX_OBJECT_BYTES) -> bytes:
-        """Download one object, refusing oversized ones before reading their body."""
+    def get(
+        self, key: str, *, max_bytes: int = MAX_OBJECT_BYTES, budget: ByteBudget | None = None
+    ) -> bytes:
+        """Download one object in chunks, stopping at `max_bytes` whatever the headers claim.
+
+        `budget` is shared by the downloads of one SKU: each chunk is taken from it, and once
+        it is spent or stopped (another download failed) this one stops at its next chunk.
+        """
         try:
             response = self.client.get_object(Bucket=self.name, Key=key)
-            size = int(response.get("ContentLength") or 0)
-            if size > max_bytes:
-                response["Body"].close()
-                raise TooLarge(f"{key} is {size:,} bytes; the limit is {max_bytes:,}")
-            return bytes(response["Body"].read())
+            body = response["Body"]
+            try:
+                declared = int(response.get("ContentLength") or 0)
+                if declared > max_bytes:
+                    raise TooLarge(f"{key} is {declared:,} bytes; the limit is {max_bytes:,}")
+                return _read_capped(body, key=key, max_bytes=max_bytes, budget=budget)
+            finally:
+                body.close()
         except ClientError as exc:
             if _error_code(exc) in _MISSING_CODES:
                 raise OriginalMissing(f"original not found in bucket {self.name}: {key}") from exc
@@ -113,11 +130,67 @@ class Bucket:
         self.client.head_bucket(Bucket=self.name)
 
 
-def key_for_url(url: object, *, bucket: str, endpoint: str, public_url: str) -> str:
-    """Map a URL to a key in `bucket`: s3://, virtual-hosted, path-style or public-URL forms."""
+class ByteBudget:
+    """The bytes one SKU's downloads may still hold, shared by the threads that download them."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._left = limit
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+
+    def take(self, size: int) -> None:
+        """Count a chunk; raise when the SKU is over its budget or its build has given up."""
+        if self._stopped.is_set():
+            raise Abandoned("the build stopped this download")
+        with self._lock:
+            self._left -= size
+            if self._left < 0:
+                self._stopped.set()
+                raise TooLarge(f"the photos add up to over {self.limit:,} bytes")
+
+    def stop(self) -> None:
+        """Make every download still running stop at its next chunk."""
+        self._stopped.set()
+
+
+class Abandoned(Exception):
+    """A download stopped because its SKU's build gave up on it; nobody waits for its result."""
+
+
+def _read_capped(body: Any, *, key: str, max_bytes: int, budget: ByteBudget | None) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := body.read(CHUNK_BYTES):
+        size += len(chunk)
+        if size > max_bytes:
+            raise TooLarge(f"{key} is larger than the limit of {max_bytes:,} bytes")
+        if budget is not None:
+            budget.take(len(chunk))
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def key_for_url(
+    url: object, *, bucket: str, endpoint: str, public_url: str, prefix: str = "originals/"
+) -> str:
+    """Map a photo URL to a key under `prefix` in `bucket`; refuse anything else, Permanently.
+
+    s3://, virtual-hosted, path-style and public-URL forms are understood.
+    """
     if not isinstance(url, str) or not url.strip():
         raise BadImageUrls(f"image_urls holds {url!r}, not a URL")
-    parts = urlsplit(url.strip())
+    try:
+        key = _key_in_bucket(url.strip(), bucket=bucket, endpoint=endpoint, public_url=public_url)
+    except ValueError as exc:  # urlsplit refuses some malformed URLs, e.g. an unclosed [
+        raise BadImageUrls(f"{url!r} is not a valid URL: {exc}") from None
+    if not key.startswith(prefix) or key.startswith(f"{COLLAGE_PREFIX}/"):
+        raise ForeignUrl(f"{url} is not under {prefix} in bucket {bucket!r}")
+    return key
+
+
+def _key_in_bucket(url: str, *, bucket: str, endpoint: str, public_url: str) -> str:
+    parts = urlsplit(url)
     endpoint_parts = urlsplit(endpoint)
     public_parts = urlsplit(public_url)
     host = (parts.netloc or "").lower()

@@ -1,6 +1,6 @@
-"""The build job: download a SKU's photos, join them, upload the collage, record the result.
+"""The build job: read a SKU, download and join its photos, publish the collage, record it.
 
-The periodic tasks are in maintenance.py.
+The periodic tasks are in maintenance.py; what jobs run with is in runtime.py.
 """
 
 from __future__ import annotations
@@ -15,19 +15,12 @@ from dataclasses import dataclass
 from procrastinate import JobContext
 from psycopg import AsyncConnection
 
-from collage import imaging, metrics, products
+from collage import downloads, imaging, metrics, outcomes, products
 from collage.app import app
 from collage.constants import BUILD_TASK, QUEUE
-from collage.errors import (
-    BadImageUrls,
-    CollageError,
-    NoPhotos,
-    Permanent,
-    TooLarge,
-    one_line,
-)
+from collage.errors import CollageError, KeyTaken, Permanent, one_line
 from collage.runtime import Runtime, connection, retry_db, runtime_of
-from collage.storage import LONGEST_CALL_S, Bucket, collage_key
+from collage.storage import LONGEST_CALL_S, collage_key
 
 logger = logging.getLogger(__name__)
 
@@ -35,20 +28,15 @@ logger = logging.getLogger(__name__)
 MAX_ATTEMPTS = 6
 BACKOFF_BASE_S = 15.0
 BACKOFF_MAX_S = 240.0
-MAX_PHOTOS = 40  # 40 photos at the narrowest plausible width already pass JPEG's width limit
-DOWNLOAD_CONCURRENCY = 4
-# The compressed originals of one SKU held in memory at once, whatever the rows claim.
-MAX_SKU_BYTES = 400 * 1024 * 1024
-_JSON_TYPES = {dict: "object", str: "string", int: "number", float: "number", bool: "boolean"}
 
 
 @dataclass(frozen=True)
-class Built:
-    """A collage uploaded for a SKU."""
+class Made:
+    """A collage built in memory, not published yet."""
 
-    url: str
+    key: str
+    jpeg: bytes
     photos: int
-    size: int
 
 
 def backoff_s(attempt: int) -> float:
@@ -57,8 +45,10 @@ def backoff_s(attempt: int) -> float:
 
 
 @app.task(name=BUILD_TASK, queue=QUEUE, pass_context=True)
-async def build(context: JobContext, product_id: int, attempt: int = 0) -> str:
-    """Build, upload and record one SKU's collage; returns what happened.
+async def build(
+    context: JobContext, product_id: int, attempt: int = 0, generation: int | None = None
+) -> str:
+    """Build, publish and record one generation of a SKU's collage; return what happened.
 
     Retries are queued by this task, not by Procrastinate's RetryStrategy: a retry of a job
     whose SKU already has a waiting job would collide with the queueing lock and strand the
@@ -70,17 +60,21 @@ async def build(context: JobContext, product_id: int, attempt: int = 0) -> str:
         lambda: read_product(context, product_id), product_id=product_id, step="read the SKU"
     )
     if product is None or product.image_status != "uploaded":
-        status = product.image_status if product else "deleted"
-        _log("collage skipped", product_id, outcome="skipped", status=status)
-        metrics.record_outcome("skipped", duration_s=time.monotonic() - started)
-        return "skipped"
-    result = await make_and_upload(context, runtime, product)
-    # Writing the result again after a dropped connection is safe: the write is guarded.
-    outcome = await retry_db(
-        lambda: settle(context, product, result, attempt=attempt, started=started),
-        product_id=product.id,
-        step="record the result",
-    )
+        return _skip(product_id, started, status=product.image_status if product else "deleted")
+    if generation is not None and product.generation != generation:
+        # A newer upload came after this job was queued; its own job is waiting.
+        return _skip(product_id, started, status=f"generation {product.generation}")
+    try:
+        result = await make_collage(runtime, product)
+        outcome = await retry_db(
+            lambda: settle(context, runtime, product, result, attempt=attempt, started=started),
+            product_id=product.id,
+            step="record the result",
+        )
+    except asyncio.CancelledError:
+        # The worker is shutting down past its grace period: the SKU goes back in the queue.
+        await asyncio.shield(hand_over(context, product.id))
+        raise
     report(outcome, product, attempt=attempt)
     return outcome.outcome
 
@@ -91,71 +85,122 @@ async def read_product(context: JobContext, product_id: int) -> products.Product
         return await products.fetch(conn, product_id)
 
 
-async def make_and_upload(
-    context: JobContext, runtime: Runtime, product: products.Product
-) -> Built | Exception:
-    """Build and upload the collage; return what was built, or why it could not be."""
-    put: asyncio.Future[Built] | None = None
+async def make_collage(runtime: Runtime, product: products.Product) -> Made | Exception:
+    """Download the photos and join them; return the collage, or why it cannot be built."""
     try:
-        made = await make_collage(runtime, product)
-        put = asyncio.ensure_future(upload(runtime, made))
-        return await asyncio.shield(put)
-    except asyncio.CancelledError:
-        await asyncio.shield(hand_over(context, product.id, put))
-        raise
+        key = collage_key(product.brand, product.external_id)
+        keys = downloads.photo_keys(runtime.bucket, product.image_urls)
+        photos = await downloads.download_all(runtime, keys)
+        jpeg = await runtime.run(
+            imaging.build_collage, photos, quality=runtime.settings.collage_quality, names=keys
+        )
+        return Made(key=key, jpeg=jpeg, photos=len(keys))
     except Exception as exc:
         if not isinstance(exc, CollageError):
             logger.exception("unexpected error while building", extra={"product_id": product.id})
         return exc
 
 
-async def hand_over(
-    context: JobContext, product_id: int, put: asyncio.Future[Built] | None
-) -> None:
-    """Queue an interrupted SKU again, once an upload in flight has landed or failed.
+async def settle(
+    context: JobContext,
+    runtime: Runtime,
+    product: products.Product,
+    result: Made | Exception,
+    *,
+    attempt: int,
+    started: float,
+) -> outcomes.Outcome:
+    """Publish or fail the SKU and record the attempt, in one transaction; safe to repeat."""
+    async with connection(context) as conn, conn.transaction():
+        if isinstance(result, Made):
+            outcome = await publish(conn, runtime, product, result)
+        else:
+            outcome = await fail(conn, product, result, attempt=attempt)
+        outcome = dataclasses.replace(
+            outcome, job_id=context.job.id, duration_s=time.monotonic() - started
+        )
+        await outcomes.record(conn, outcome)
+        return outcome
 
-    The worker is shutting down past its grace period. An upload in flight cannot be stopped:
-    the SKU's lock is kept until it is done, or a newer build could finish first and be
-    overwritten.
+
+async def publish(
+    conn: AsyncConnection, runtime: Runtime, product: products.Product, made: Made
+) -> outcomes.Outcome:
+    """Upload the collage and mark the SKU ready, unless a newer upload owns it by then.
+
+    Builds that write the same key take turns (two rows may share brand and external_id), so
+    an older upload never overwrites the collage of a newer one.
     """
-    if put is not None and not put.done():
+    await products.lock_collage_key(conn, made.key)
+    owner = await products.newer_owner(conn, product)
+    if owner is None:
+        await upload(runtime, made)
+    if not await products.claim(conn, product):
+        return _outcome(product, "superseded", photos=made.photos, bytes_out=len(made.jpeg))
+    owner = owner or await products.newer_owner(conn, product)
+    if owner is not None:
+        taken = KeyTaken(products.KEY_TAKEN.format(key=made.key, owner=owner))
+        await products.mark_error(conn, product, message=taken.message)
+        return _outcome(product, "error", error=taken)
+    url = runtime.bucket.public_url_for(made.key)
+    displaced = await products.mark_ready(conn, product, collage_url=url, key=made.key)
+    if displaced:
+        logger.warning(
+            "rows with the same collage key marked 'error'",
+            extra={"action": "build_collage", "product_id": product.id, "displaced": displaced},
+        )
+    return _outcome(product, "built", photos=made.photos, bytes_out=len(made.jpeg))
+
+
+async def upload(runtime: Runtime, made: Made) -> None:
+    """Put the collage where the try-on model reads it; an upload in flight is seen through.
+
+    A cancelled upload may still land: the SKU's lock and the key's are held until it has
+    landed or failed, or a newer build could finish first and then be overwritten.
+    """
+    put = asyncio.ensure_future(runtime.run(runtime.bucket.put_jpeg, made.key, made.jpeg))
+    try:
+        await asyncio.shield(put)
+    except asyncio.CancelledError:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.shield(put), LONGEST_CALL_S)
+        raise
+    metrics.BYTES_UPLOADED.inc(len(made.jpeg))
+
+
+async def fail(
+    conn: AsyncConnection, product: products.Product, exc: Exception, *, attempt: int
+) -> outcomes.Outcome:
+    """Mark the SKU broken, or queue a later attempt for a failure that may pass."""
+    if not await products.claim(conn, product):
+        return _outcome(product, "superseded", error=exc)
+    if not isinstance(exc, Permanent) and attempt + 1 < MAX_ATTEMPTS:
+        await products.enqueue(
+            conn,
+            product.id,
+            attempt=attempt + 1,
+            delay_s=backoff_s(attempt),
+            generation=product.generation,
+        )
+        return _outcome(product, "retry", error=exc)
+    outcome = _outcome(product, "error", error=exc)
+    if not isinstance(exc, Permanent):
+        outcome = dataclasses.replace(
+            outcome, message=f"gave up after {attempt + 1} attempts: {outcome.message}"
+        )
+    await products.mark_error(conn, product, message=outcome.message or "")
+    return outcome
+
+
+async def hand_over(context: JobContext, product_id: int) -> None:
+    """Queue an interrupted SKU again for whichever worker is next."""
     async with connection(context) as conn:
         await products.enqueue(conn, product_id)
     _log("collage interrupted; queued again", product_id, outcome="interrupted")
     metrics.record_outcome("interrupted", duration_s=0.0)
 
 
-async def settle(
-    context: JobContext,
-    product: products.Product,
-    result: Built | Exception,
-    *,
-    attempt: int,
-    started: float,
-) -> products.Outcome:
-    """Write the result and its outcome row in one transaction."""
-    async with connection(context) as conn, conn.transaction():
-        if isinstance(result, Built):
-            owned = await products.mark_ready(conn, product, collage_url=result.url)
-            outcome = products.Outcome(
-                product_id=product.id,
-                job_id=None,
-                outcome="built" if owned else "superseded",
-                photos=result.photos,
-                bytes_out=result.size,
-            )
-        else:
-            outcome = await _settle_failure(conn, product, result, attempt=attempt)
-        outcome = dataclasses.replace(
-            outcome, job_id=context.job.id, duration_s=time.monotonic() - started
-        )
-        await products.record_outcome(conn, outcome)
-        return outcome
-
-
-def report(outcome: products.Outcome, product: products.Product, *, attempt: int) -> None:
+def report(outcome: outcomes.Outcome, product: products.Product, *, attempt: int) -> None:
     """Count the outcome and log it in one line."""
     metrics.record_outcome(
         outcome.outcome, error_class=outcome.error_class, duration_s=outcome.duration_s or 0.0
@@ -165,6 +210,7 @@ def report(outcome: products.Outcome, product: products.Product, *, attempt: int
         product.id,
         brand=product.brand,
         external_id=product.external_id,
+        generation=product.generation,
         outcome=outcome.outcome,
         attempt=attempt,
         photos=outcome.photos,
@@ -175,81 +221,36 @@ def report(outcome: products.Outcome, product: products.Product, *, attempt: int
     )
 
 
-@dataclass(frozen=True)
-class Made:
-    """A collage built in memory, not uploaded yet."""
-
-    key: str
-    jpeg: bytes
-    photos: int
-
-
-async def make_collage(runtime: Runtime, product: products.Product) -> Made:
-    """Download the photos and join them; raise CollageError on failure."""
-    bucket, settings = runtime.bucket, runtime.settings
-    key = collage_key(product.brand, product.external_id)
-    keys = photo_keys(bucket, product.image_urls)
-    limit = asyncio.Semaphore(DOWNLOAD_CONCURRENCY)
-    downloaded = 0
-
-    async def download(photo_key: str) -> bytes:
-        nonlocal downloaded
-        async with limit:
-            data = await runtime.run(bucket.get, photo_key)
-        metrics.BYTES_DOWNLOADED.inc(len(data))
-        downloaded += len(data)
-        if downloaded > MAX_SKU_BYTES:
-            raise TooLarge(f"the photos add up to over {MAX_SKU_BYTES:,} bytes")
-        return data
-
-    photos = await asyncio.gather(*(download(k) for k in keys))
-    jpeg = await runtime.run(
-        imaging.build_collage, photos, quality=settings.collage_quality, names=keys
-    )
-    return Made(key=key, jpeg=jpeg, photos=len(keys))
-
-
-async def upload(runtime: Runtime, made: Made) -> Built:
-    """Put the collage where the try-on model reads it."""
-    await runtime.run(runtime.bucket.put_jpeg, made.key, made.jpeg)
-    metrics.BYTES_UPLOADED.inc(len(made.jpeg))
-    return Built(
-        url=runtime.bucket.public_url_for(made.key), photos=made.photos, size=len(made.jpeg)
-    )
-
-
-def photo_keys(bucket: Bucket, image_urls: object) -> list[str]:
-    """Check image_urls and map every URL to a key in our bucket, before anything is fetched."""
-    if image_urls is None or image_urls == []:
-        raise NoPhotos("image_urls is empty")
-    if not isinstance(image_urls, list):
-        kind = _JSON_TYPES.get(type(image_urls), type(image_urls).__name__)
-        raise BadImageUrls(f"image_urls is a JSON {kind}, not a list")
-    if len(image_urls) > MAX_PHOTOS:
-        raise BadImageUrls(f"image_urls has {len(image_urls)} photos; at most {MAX_PHOTOS} fit")
-    return [bucket.key_for(url) for url in image_urls]
-
-
-async def _settle_failure(
-    conn: AsyncConnection, product: products.Product, exc: Exception, *, attempt: int
-) -> products.Outcome:
-    """Mark the SKU broken, or queue a later attempt for a failure that may pass."""
-    message = exc.message if isinstance(exc, CollageError) else f"internal error: {one_line(exc)}"
-    if not isinstance(exc, Permanent) and attempt + 1 < MAX_ATTEMPTS:
-        await products.enqueue(conn, product.id, attempt=attempt + 1, delay_s=backoff_s(attempt))
-        outcome = "retry"
-    else:
-        if not isinstance(exc, Permanent):
-            message = f"gave up after {attempt + 1} attempts: {message}"
-        marked = await products.mark_error(conn, product, message=message)
-        outcome = "error" if marked else "superseded"
-    return products.Outcome(
+def _outcome(
+    product: products.Product,
+    outcome: str,
+    *,
+    error: Exception | None = None,
+    photos: int | None = None,
+    bytes_out: int | None = None,
+) -> outcomes.Outcome:
+    message = None
+    if error is not None:
+        message = (
+            error.message
+            if isinstance(error, CollageError)
+            else f"internal error: {one_line(error)}"
+        )
+    return outcomes.Outcome(
         product_id=product.id,
         job_id=None,
         outcome=outcome,
-        error_class=type(exc).__name__,
+        error_class=type(error).__name__ if error is not None else None,
         message=message,
+        photos=photos,
+        bytes_out=bytes_out,
     )
+
+
+def _skip(product_id: int, started: float, *, status: str | None) -> str:
+    _log("collage skipped", product_id, outcome="skipped", status=status)
+    metrics.record_outcome("skipped", duration_s=time.monotonic() - started)
+    return "skipped"
 
 
 def _log(message: str, product_id: int, **fields: object) -> None:

@@ -30,7 +30,10 @@ from collage.cli.common import (
     multiple=True,
     help="Only this product id (repeatable).",
 )
-@click.option("--error-like", help="Only errors containing this text (or a LIKE pattern with %).")
+@click.option("--error-like", help="Only errors containing this text, literally (any case).")
+@click.option(
+    "--error-pattern", help="Only errors matching this SQL LIKE pattern (% and _), any case."
+)
 @click.option("--older-than", type=Duration(), help="Only SKUs that failed longer ago (2h, 7d).")
 @click.option("--limit", type=click.IntRange(1), help="At most this many SKUs.")
 @click.option("--dry-run", is_flag=True, help="List what would be requeued; change nothing.")
@@ -40,6 +43,7 @@ def requeue_command(
     brand: str | None,
     ids: tuple[int, ...],
     error_like: str | None,
+    error_pattern: str | None,
     older_than: timedelta | None,
     limit: int | None,
     dry_run: bool,
@@ -47,7 +51,12 @@ def requeue_command(
 ) -> None:
     """Put errored SKUs back in the queue (they become 'uploaded'; the trigger queues them)."""
     where = inspection.RequeueFilter(
-        brand=brand, ids=ids, error_like=error_like, older_than=older_than, limit=limit
+        brand=brand,
+        ids=ids,
+        error_like=error_like,
+        error_pattern=error_pattern,
+        older_than=older_than,
+        limit=limit,
     )
     settings = load_settings()
     with inspection.connect(settings.db_url) as conn:

@@ -52,11 +52,11 @@ def _bad_inputs(bucket: str, endpoint: str) -> tuple[dict[str, bytes], list[Bad]
     }
 
     def s3u(key: str) -> str:
-        return f"s3://{bucket}/{key}"
+        return f"s3://{bucket}/originals/{key}"
 
     ok = s3u("bad/ok.jpg")
     cases = [
-        Bad("zero bytes", [ok, s3u("bad/empty.jpg")], "photo 2 (bad/empty.jpg) is not a"),
+        Bad("zero bytes", [ok, s3u("bad/empty.jpg")], "photo 2 (originals/bad/empty.jpg) is not a"),
         Bad("truncated", [s3u("bad/truncated.jpg")], "bad/truncated.jpg) cannot be"),
         Bad("html page", [ok, s3u("bad/html.jpg")], "bad/html.jpg) is not a"),
         Bad("text file", [s3u("bad/text.jpg")], "bad/text.jpg) is not a"),
@@ -84,8 +84,13 @@ def _bad_inputs(bucket: str, endpoint: str) -> tuple[dict[str, bytes], list[Bad]
         Bad("another host", ["https://evil.example.com/x.jpg"], "https://evil.example.com/x.jpg"),
         Bad("another bucket", ["s3://someone-else/x.jpg"], "is in bucket 'someone-else'"),
         Bad("another bucket, path style", [f"{endpoint}/someone-else/x.jpg"], "not in bucket"),
-        Bad("dot-dot", [f"s3://{bucket}/bad/../secret.jpg"], "does not name a plain object key"),
-        Bad("encoded dot-dot", [f"s3://{bucket}/bad/%2e%2e/x.jpg"], "plain object key"),
+        Bad("dot-dot", [s3u("bad/../secret.jpg")], "does not name a plain object key"),
+        Bad("encoded dot-dot", [s3u("bad/%2e%2e/x.jpg")], "plain object key"),
+        Bad(
+            "a collage as a photo", [f"s3://{bucket}/collages/faults/x.jpg"], "not under originals/"
+        ),
+        Bad("a private key", [f"s3://{bucket}/private/keys.jpg"], "not under originals/"),
+        Bad("malformed URL", ["http://[::1/x.jpg"], "is not a valid URL"),
         Bad("file URL", ["file:///etc/passwd"], "is not an s3:// or http(s):// URL"),
         Bad("unsafe brand", [ok], "brand '../etc' cannot be used", brand="../etc"),
         Bad("brand with slash", [ok], "brand 'a/b' cannot be used", brand="a/b"),
@@ -103,7 +108,7 @@ def test_bad_input_ends_in_error_with_a_clear_message_and_spares_the_rest_of_the
 ) -> None:
     photos, cases = _bad_inputs(rig.bucket, rig.s3_endpoint)
     rig.upload(photos)
-    good_urls = [f"s3://{rig.bucket}/bad/good.jpg", f"s3://{rig.bucket}/bad/ok.jpg"]
+    good_urls = [f"s3://{rig.bucket}/originals/bad/{name}" for name in ("good.jpg", "ok.jpg")]
     rig.spawn("-c", "2")
     goods = [f"GOOD-{n}" for n in range(5)]
     bads = [case.external_id or f"BAD-{n}" for n, case in enumerate(cases)]
@@ -139,7 +144,7 @@ def test_bad_input_ends_in_error_with_a_clear_message_and_spares_the_rest_of_the
     )
     assert {tuple(a[1]) for a in attempts} == {("error",)} and len(attempts) == len(cases)
     # Nothing written anywhere but the good SKUs' collages.
-    written = rig.keys() - set(photos)
+    written = rig.keys() - {f"originals/{key}" for key in photos}
     assert written == {f"collages/faults/{g}.jpg" for g in goods}
     scratch = rig.folder / "scratch"
     assert not scratch.exists() or not any(scratch.rglob("*"))

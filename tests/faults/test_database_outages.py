@@ -152,7 +152,7 @@ def test_a_query_killed_in_flight_does_not_lose_the_sku(
     """Kill the worker's connections while a build's own query is running (deterministic).
 
     A table lock held by the test parks the build's first read (products.fetch) or its final
-    write (products.mark_ready) inside PostgreSQL; then every worker connection is terminated,
+    write (products.newer_owner) inside PostgreSQL; then every worker connection is terminated,
     as a failover or a PgBouncer restart would, exactly in that window.
     """
     urls = rig.upload({"kill/q.jpg": solid_jpeg(30, 20, RED)})
@@ -180,7 +180,8 @@ def test_a_query_killed_in_flight_does_not_lose_the_sku(
             fdb.rows("UPDATE raw_products SET image_status = 'uploaded' WHERE id = %s", [pid])
             fdb.rows("ALTER TABLE raw_products ENABLE TRIGGER USER")
             locker.execute("LOCK TABLE raw_products IN ACCESS EXCLUSIVE MODE")
-            fdb.rows("SELECT collage_enqueue(%s)", [pid])
+            # Its generation given: collage_enqueue would otherwise read it from the locked row.
+            fdb.rows("SELECT collage_enqueue(%s, 0, NULL, 0)", [pid])
         else:
             # The table is locked while the build downloads: its final write waits.
             fdb.rows("UPDATE raw_products SET image_status = 'uploaded' WHERE id = %s", [pid])
@@ -188,7 +189,9 @@ def test_a_query_killed_in_flight_does_not_lose_the_sku(
             locker.execute("LOCK TABLE raw_products IN ACCESS EXCLUSIVE MODE")
             slow.released.set()
         locker_pid = locker.info.backend_pid
-        statement = "SELECT id, external_id%" if moment == "first-read" else "UPDATE raw_products%"
+        # The first read is products.fetch; the final write starts by looking for other rows
+        # naming the same collage (products.newer_owner).
+        statement = "SELECT id, external_id%" if moment == "first-read" else "%WHERE brand = %"
         sandbox.wait_until(
             lambda: fdb.value(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"

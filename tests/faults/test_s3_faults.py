@@ -21,6 +21,7 @@ from tests.support.processes import (
     s3_client,
 )
 from tests.support.s3proxy import Fault, FaultyProxy, SlowGets, StallingS3
+from tests.support.skus import upload
 
 # --- 4. S3 faults ---------------------------------------------------------------------------
 
@@ -42,14 +43,16 @@ def _short_timeout_bucket(endpoint: str, name: str, *, read_timeout: float) -> s
 def test_an_s3_response_that_never_starts_is_a_transient_error_bounded_by_the_read_timeout(
     s3, s3_endpoint: str, s3_bucket: str
 ) -> None:
-    s3.put_object(Bucket=s3_bucket, Key="a.jpg", Body=b"x")
+    s3.put_object(Bucket=s3_bucket, Key="originals/a.jpg", Body=b"x")
     slow = SlowGets(delay_s=30)
     proxy = FaultyProxy(s3_endpoint, slow)
     bucket = _short_timeout_bucket(proxy.endpoint, s3_bucket, read_timeout=0.5)
     started = time.monotonic()
     try:
-        with pytest.raises(Transient, match=r"S3 unavailable while getting a\.jpg: Read timeout"):
-            bucket.get("a.jpg")
+        with pytest.raises(
+            Transient, match=r"S3 unavailable while getting originals/a\.jpg: Read timeout"
+        ):
+            bucket.get("originals/a.jpg")
         took = time.monotonic() - started
     finally:
         slow.released.set()
@@ -85,9 +88,7 @@ def test_5xx_and_stalled_s3_requests_are_retried_and_the_sku_is_built(
     start_worker: Callable[..., Any],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for key, data in {"a.jpg": jpeg(60, 80, seed=1), "b.jpg": jpeg(40, 80, seed=2)}.items():
-        s3.put_object(Bucket=settings.s3_bucket, Key=key, Body=data)
-    urls = [f"s3://{settings.s3_bucket}/{k}" for k in ("a.jpg", "b.jpg")]
+    urls = upload(s3, settings, {"a.jpg": jpeg(60, 80, seed=1), "b.jpg": jpeg(40, 80, seed=2)})
     release = threading.Event()
     seen: dict[str, int] = {}
     stalled: list[int] = []
@@ -151,7 +152,7 @@ def test_5xx_and_stalled_s3_requests_are_retried_and_the_sku_is_built(
 def test_a_missing_original_is_a_permanent_error_at_the_first_attempt(
     db: psycopg.Connection, settings: Settings, s3, start_worker: Callable[..., Any]
 ) -> None:
-    s3.put_object(Bucket=settings.s3_bucket, Key="a.jpg", Body=jpeg(30, 40))
+    (present,) = upload(s3, settings, {"a.jpg": jpeg(30, 40)})
     calls: list[str] = []
 
     def rule(method: str, path: str) -> None:
@@ -160,7 +161,7 @@ def test_a_missing_original_is_a_permanent_error_at_the_first_attempt(
     proxy = FaultyProxy(settings.s3_endpoint, rule)
     try:
         start_worker(settings.replace(s3_endpoint=proxy.endpoint))
-        urls = [f"s3://{settings.s3_bucket}/a.jpg", f"s3://{settings.s3_bucket}/gone.jpg"]
+        urls = [present, f"s3://{settings.s3_bucket}/originals/gone.jpg"]
         product = db.execute(
             "INSERT INTO raw_products (external_id, brand, image_urls, image_status)"
             " VALUES ('GONE-1', 'zara', %s, 'uploaded') RETURNING id",
@@ -182,7 +183,10 @@ def test_a_missing_original_is_a_permanent_error_at_the_first_attempt(
     finally:
         proxy.close()
     row = db.execute("SELECT image_status, error_message FROM raw_products").fetchone()
-    assert row == ("error", f"original not found in bucket {settings.s3_bucket}: gone.jpg")
+    assert row == (
+        "error",
+        f"original not found in bucket {settings.s3_bucket}: originals/gone.jpg",
+    )
     outcomes = db.execute("SELECT outcome, error_class FROM collage_outcomes").fetchall()
     assert outcomes == [("error", "OriginalMissing")]
     assert calls.count("GET gone.jpg") == 1  # neither botocore nor the job asked twice

@@ -124,6 +124,19 @@ def test_requeue_filters_combine(db: psycopg.Connection, settings: Settings) -> 
     assert job.fetchone() == (1,)  # the trigger queued it
 
 
+def test_error_like_is_a_literal_piece_of_the_message(
+    db: psycopg.Connection, settings: Settings
+) -> None:
+    pasted = errored(db, "zara", "photo 1 (originals/a_b/100%.jpg) cannot be read: C:\\x")
+    lookalike = errored(db, "zara", "photo 1 (originals/aXb/1000.jpg) cannot be read: C:x")
+    for text in ("a_b/100%.jpg", "C:\\x", "A_B"):
+        result = run(settings, "requeue", "--error-like", text, "--dry-run")
+        assert result.exit_code == 0, result.output
+        assert f"{pasted}\t" in result.output and f"{lookalike}\t" not in result.output, text
+    pattern = run(settings, "requeue", "--error-pattern", "%a_b/100%", "--dry-run")
+    assert f"{pasted}\t" in pattern.output and f"{lookalike}\t" in pattern.output
+
+
 def test_requeue_by_id_and_limit(db: psycopg.Connection, settings: Settings) -> None:
     ids = [errored(db, "zara", "x") for _ in range(3)]
     assert "requeued 1 SKU(s)" in run(settings, "requeue", "--id", str(ids[2])).output

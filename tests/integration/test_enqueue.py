@@ -31,7 +31,7 @@ def _jobs(db: psycopg.Connection, product_id: int) -> list[tuple[str, dict]]:
 
 def test_inserting_an_uploaded_row_enqueues_one_job(db: psycopg.Connection) -> None:
     pid = _insert(db)
-    assert _jobs(db, pid) == [("todo", {"product_id": pid, "attempt": 0})]
+    assert _jobs(db, pid) == [("todo", {"product_id": pid, "attempt": 0, "generation": 1})]
     row = db.execute(
         "SELECT queue_name, task_name, queueing_lock FROM procrastinate_jobs"
     ).fetchone()
@@ -46,13 +46,49 @@ def test_other_statuses_do_not_enqueue(db: psycopg.Connection) -> None:
     assert len(_jobs(db, pid)) == 1
 
 
-def test_no_op_updates_do_not_enqueue_again(db: psycopg.Connection) -> None:
+def test_writes_that_do_not_mark_the_sku_uploaded_do_not_enqueue(db: psycopg.Connection) -> None:
     pid = _insert(db)
     db.execute("UPDATE procrastinate_jobs SET status = 'doing'")  # as if a worker took it
-    db.execute("UPDATE raw_products SET image_status = 'uploaded' WHERE id = %s", [pid])
     db.execute("UPDATE raw_products SET error_message = 'x', brand = 'y' WHERE id = %s", [pid])
     db.execute("UPDATE raw_products SET image_urls = image_urls WHERE id = %s", [pid])  # same value
     assert [s for s, _ in _jobs(db, pid)] == ["doing"]
+    assert _generation(db, pid) == 1
+
+
+def test_marking_an_uploaded_sku_uploaded_again_starts_a_new_generation(
+    db: psycopg.Connection,
+) -> None:
+    # A re-download under the same fixed keys writes the same image_urls while the build runs.
+    pid = _insert(db)
+    db.execute("UPDATE procrastinate_jobs SET status = 'doing'")
+    db.execute(
+        "UPDATE raw_products SET image_status = 'uploaded', image_urls = image_urls WHERE id = %s",
+        [pid],
+    )
+    assert _generation(db, pid) == 2
+    assert _jobs(db, pid) == [
+        ("doing", {"product_id": pid, "attempt": 0, "generation": 1}),
+        ("todo", {"product_id": pid, "attempt": 0, "generation": 2}),
+    ]
+
+
+def test_a_waiting_job_takes_the_newest_generation_and_an_older_one_never_replaces_it(
+    db: psycopg.Connection,
+) -> None:
+    pid = _insert(db)
+    db.execute("UPDATE raw_products SET image_status = 'uploaded' WHERE id = %s", [pid])
+    assert _jobs(db, pid) == [("todo", {"product_id": pid, "attempt": 0, "generation": 2})]
+    # A retry queued later for generation 1 (a build that just failed) is absorbed.
+    db.execute("SELECT collage_enqueue(%s, 1, interval '1 minute', 1)", [pid])
+    assert _jobs(db, pid) == [("todo", {"product_id": pid, "attempt": 0, "generation": 2})]
+    # Without a generation, the SKU's current one is meant (the sweep, the rescue).
+    assert db.execute("SELECT collage_enqueue(%s)", [pid]).fetchone() == (None,)
+
+
+def _generation(db: psycopg.Connection, pid: int) -> int:
+    row = db.execute("SELECT upload_generation FROM raw_products WHERE id = %s", [pid]).fetchone()
+    assert row
+    return int(row[0])
 
 
 def test_a_url_change_on_an_uploaded_row_enqueues(db: psycopg.Connection) -> None:
@@ -90,7 +126,7 @@ def test_an_upload_brings_a_parked_retry_forward(db: psycopg.Connection) -> None
     assert row == (True,)
     db.execute("UPDATE raw_products SET image_status = 'uploaded' WHERE id = %s", [pid])
     rows = db.execute("SELECT scheduled_at, args FROM procrastinate_jobs").fetchall()
-    assert rows == [(None, {"product_id": pid, "attempt": 0})]
+    assert rows == [(None, {"product_id": pid, "attempt": 0, "generation": 1})]
 
 
 def test_other_errors_in_the_trigger_are_not_swallowed(db: psycopg.Connection) -> None:

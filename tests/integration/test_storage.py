@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from collage.errors import OriginalMissing, TooLarge
+from collage.errors import ForeignUrl, OriginalMissing, TooLarge
 from collage.settings import Settings
 from collage.storage import Bucket, collage_key
 
@@ -35,4 +35,7 @@ def test_public_urls_are_percent_encoded_and_map_back_to_the_key(settings: Setti
     key = collage_key("Zara Home", "AB#12 ?x")
     url = bucket.public_url_for(key)
     assert url == f"{settings.s3_public_url}/collages/Zara%20Home/AB%2312%20%3Fx.jpg"
-    assert bucket.key_for(url) == key
+    with pytest.raises(ForeignUrl, match="is not under originals/"):
+        bucket.key_for(url)  # a collage is never read as a photo
+    photo = "originals/Zara Home/AB#12 ?x/1.jpg"
+    assert bucket.key_for(bucket.public_url_for(photo)) == photo

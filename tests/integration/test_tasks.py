@@ -11,13 +11,14 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from collage import tasks
+from collage import downloads, tasks
 from collage.cli import main
 from collage.settings import Settings
 from dev import sandbox
-from dev.photos import jpeg
+from dev.photos import jpeg, solid_jpeg
 from tests.conftest import FaultyS3
-from tests.support.s3proxy import Fault, FaultRule
+from tests.support.processes import BLUE, RED, mean_rgb
+from tests.support.s3proxy import Fault, FaultRule, SlowGets
 from tests.support.skus import StartWorker, add_product, upload, wait_settled
 
 
@@ -63,14 +64,26 @@ def test_an_uploaded_sku_becomes_the_same_collage_as_collage_make(
         ([1, 2], "zara", "image_urls holds 1, not a URL"),
         ("s3://one/string.jpg", "zara", "image_urls is a JSON string, not a list"),
         (
-            ["s3://{bucket}/missing.jpg"],
+            ["s3://{bucket}/originals/missing.jpg"],
             "zara",
-            "original not found in bucket {bucket}: missing.jpg",
+            "original not found in bucket {bucket}: originals/missing.jpg",
         ),
         (["https://evil.example.com/x.jpg"], "zara", "https://evil.example.com/x.jpg is not on"),
-        (["s3://{bucket}/ok.jpg"], "../etc", "brand '../etc' cannot be used in an object key"),
-        (["s3://{bucket}/ok.jpg"] * 41, "zara", "image_urls has 41 photos; at most 40 fit"),
-        (["s3://{bucket}/ok.jpg", "s3://{bucket}/html.jpg"], "zara", "html.jpg"),
+        (
+            ["s3://{bucket}/originals/ok.jpg"],
+            "../etc",
+            "brand '../etc' cannot be used in an object key",
+        ),
+        (
+            ["s3://{bucket}/originals/ok.jpg"] * 41,
+            "zara",
+            "image_urls has 41 photos; at most 40 fit",
+        ),
+        (
+            ["s3://{bucket}/originals/ok.jpg", "s3://{bucket}/originals/html.jpg"],
+            "zara",
+            "html.jpg",
+        ),
     ],
 )
 def test_a_broken_sku_ends_in_error_with_a_message_an_operator_can_act_on(
@@ -180,6 +193,57 @@ def test_a_reupload_during_a_build_wins_over_the_stale_result(
     assert outcomes == ["superseded", "built"]
 
 
+def test_a_redownload_to_the_same_keys_during_a_build_is_built_again(
+    db: psycopg.Connection, settings: Settings, s3, start_worker: StartWorker, faulty_s3: FaultyS3
+) -> None:
+    # The downloader stores originals under fixed keys: new photos, the very same image_urls.
+    urls = upload(s3, settings, {"same.jpg": solid_jpeg(40, 40, RED)})
+    held = SlowGets(delay_s=30)
+    proxy = faulty_s3(held)
+    start_worker(settings.replace(s3_endpoint=proxy.endpoint))
+    pid = add_product(db, urls, external_id="SAME-1")
+    sandbox.wait_until(lambda: held.gets() >= 1, timeout=20, what="the first build's download")
+    upload(s3, settings, {"same.jpg": solid_jpeg(40, 40, BLUE)})
+    db.execute("UPDATE raw_products SET image_status = 'uploaded' WHERE id = %s", [pid])
+    held.released.set()
+    status, _, _ = wait_settled(db, pid, timeout=60)
+    assert status == "collage_ready"
+    body = s3.get_object(Bucket=settings.s3_bucket, Key="collages/zara/SAME-1.jpg")["Body"].read()
+    assert mean_rgb(body)[2] > 150  # blue: the second download, not the first
+    outcomes = [r[0] for r in db.execute("SELECT outcome FROM collage_outcomes ORDER BY id")]
+    assert outcomes == ["superseded", "built"]
+
+
+def test_two_rows_naming_one_collage_the_newer_upload_owns_it(
+    db: psycopg.Connection, settings: Settings, s3, start_worker: StartWorker
+) -> None:
+    red = upload(s3, settings, {"dup/red.jpg": solid_jpeg(40, 40, RED)})
+    blue = upload(s3, settings, {"dup/blue.jpg": solid_jpeg(40, 40, BLUE)})
+    start_worker(settings)
+    key = "collages/zara/DUP-1.jpg"
+
+    def colour() -> str:
+        r, _, b = mean_rgb(s3.get_object(Bucket=settings.s3_bucket, Key=key)["Body"].read())
+        return "red" if r > b else "blue"
+
+    first = add_product(db, red, external_id="DUP-1")
+    assert wait_settled(db, first)[0] == "collage_ready" and colour() == "red"
+    second = add_product(db, blue, external_id="DUP-1")
+    assert wait_settled(db, second)[0] == "collage_ready" and colour() == "blue"
+    status, _, error = db.execute(
+        "SELECT image_status, collage_url, error_message FROM raw_products WHERE id = %s", [first]
+    ).fetchone()
+    assert status == "error"
+    assert error == (
+        f"{key} now belongs to SKU {second}, which has the same brand and external_id"
+        " and a newer upload"
+    )
+    # Uploading the first row again makes it the newer one.
+    db.execute("UPDATE raw_products SET image_status = 'uploaded' WHERE id = %s", [first])
+    assert wait_settled(db, first)[0] == "collage_ready" and colour() == "red"
+    assert wait_settled(db, second)[0] == "error"
+
+
 def test_a_failed_build_with_a_waiting_job_never_strands_a_job_in_doing(
     db: psycopg.Connection,
     settings: Settings,
@@ -258,9 +322,9 @@ def test_photos_too_big_in_total_are_refused_whatever_the_row_says(
     db: psycopg.Connection, settings: Settings, s3, start_worker: StartWorker, monkeypatch
 ) -> None:
     urls = upload(s3, settings, {"a.jpg": jpeg(60, 80), "b.jpg": jpeg(60, 80, seed=9)})
-    monkeypatch.setattr(tasks, "MAX_SKU_BYTES", len(jpeg(60, 80)) + 10)
+    monkeypatch.setattr(downloads, "MAX_SKU_BYTES", len(jpeg(60, 80)) + 10)
     start_worker(settings)
     pid = add_product(db, urls)
     status, _, error = wait_settled(db, pid)
     assert status == "error"
-    assert error == f"the photos add up to over {tasks.MAX_SKU_BYTES:,} bytes"
+    assert error == f"the photos add up to over {downloads.MAX_SKU_BYTES:,} bytes"

@@ -421,10 +421,11 @@ class Rig:
         return f"{self.s3_endpoint}/{self.bucket}"
 
     def upload(self, photos: dict[str, bytes]) -> list[str]:
+        """Put photos under originals/ as the downloader does; return their s3:// URLs."""
         client = self.s3
         for key, data in photos.items():
-            client.put_object(Bucket=self.bucket, Key=key, Body=data)
-        return [f"s3://{self.bucket}/{key}" for key in photos]
+            client.put_object(Bucket=self.bucket, Key=f"originals/{key}", Body=data)
+        return [f"s3://{self.bucket}/originals/{key}" for key in photos]
 
     def spawn(
         self,

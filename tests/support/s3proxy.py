@@ -118,15 +118,14 @@ class SlowGets:
         return sum(1 for _, method, _ in self.requests if method == "GET")
 
 
-class StallingS3:
-    """A server that answers a GET with headers and the first bytes of the body, then stalls.
+class RawS3:
+    """A bare HTTP server on loopback that answers GETs its own way, one thread a connection.
 
-    What a half-dead connection to S3 looks like from the client: the response started, and
-    the rest never comes. `close()` ends every stall.
+    For what moto cannot be made to do: stall, trickle, or lie about sizes. `close()` ends
+    every connection.
     """
 
-    def __init__(self, *, declared: int = 10_000, sent: int = 100) -> None:
-        self.declared, self.sent = declared, sent
+    def __init__(self) -> None:
         self.release = threading.Event()
         self.connections = 0
         self._sock = socket.socket()
@@ -161,12 +160,11 @@ class StallingS3:
                     if not chunk:
                         return
                     request += chunk
-                conn.sendall(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\n"
-                    + f"Content-Length: {self.declared}\r\n\r\n".encode()
-                    + b"\xff" * self.sent
-                )
-                self.release.wait(60)
+                path = request.split(b" ", 2)[1].decode()
+                self.answer(conn, path)
+
+    def answer(self, conn: socket.socket, path: str) -> None:
+        raise NotImplementedError
 
     def close(self) -> None:
         self.release.set()
@@ -174,3 +172,77 @@ class StallingS3:
         self._sock.close()
         for thread in self._threads:
             thread.join(5)
+
+
+class StallingS3(RawS3):
+    """Answers a GET with headers and the first bytes of the body, then stalls.
+
+    What a half-dead connection to S3 looks like from the client: the response started, and
+    the rest never comes.
+    """
+
+    def __init__(self, *, declared: int = 10_000, sent: int = 100) -> None:
+        self.declared, self.sent = declared, sent
+        super().__init__()
+
+    def answer(self, conn: socket.socket, path: str) -> None:
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\n"
+            + f"Content-Length: {self.declared}\r\n\r\n".encode()
+            + b"\xff" * self.sent
+        )
+        self.release.wait(60)
+
+
+@dataclass
+class Sent:
+    """One body a TrickleS3 sent: how much, and when the client hung up."""
+
+    path: str
+    bytes: int = 0
+    closed_at: float | None = None
+
+
+class TrickleS3(RawS3):
+    """Sends bodies chunked, with no Content-Length, a chunk at a time, until the client quits.
+
+    A server lying by omission: only the client's own count can stop it short of `total`
+    bytes. Keys ending in `missing` answer 404 NoSuchKey at once.
+    """
+
+    def __init__(
+        self,
+        *,
+        chunk: int = 64 * 1024,
+        every_s: float = 0.01,
+        total: int = 8 * 1024 * 1024,
+        missing: str = "",
+    ) -> None:
+        self.chunk, self.every_s, self.total, self.missing = chunk, every_s, total, missing
+        self.sent: list[Sent] = []
+        super().__init__()
+
+    def answer(self, conn: socket.socket, path: str) -> None:
+        if self.missing and path.endswith(self.missing):
+            body = b"<Error><Code>NoSuchKey</Code><Message>gone</Message></Error>"
+            conn.sendall(
+                b"HTTP/1.1 404 Not Found\r\nContent-Type: application/xml\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            return
+        record = Sent(path)
+        self.sent.append(record)
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        payload = f"{self.chunk:x}\r\n".encode() + b"\xab" * self.chunk + b"\r\n"
+        try:
+            while not self.release.is_set() and record.bytes < self.total:
+                conn.sendall(payload)
+                record.bytes += self.chunk
+                self.release.wait(self.every_s)
+            conn.sendall(b"0\r\n\r\n")
+        except OSError:
+            pass
+        record.closed_at = time.monotonic()

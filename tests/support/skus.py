@@ -32,10 +32,15 @@ def add_product(
     return int(row[0])
 
 
+ORIGINALS = "originals/"  # where the downloader puts photos, and the worker may read them
+
+
 def upload(s3, settings: Settings, photos: dict[str, bytes]) -> list[str]:
-    for key, data in photos.items():
+    """Put photos under originals/ as the downloader does; return their s3:// URLs."""
+    keys = [key if key.startswith(ORIGINALS) else ORIGINALS + key for key in photos]
+    for key, data in zip(keys, photos.values(), strict=True):
         s3.put_object(Bucket=settings.s3_bucket, Key=key, Body=data)
-    return [f"s3://{settings.s3_bucket}/{key}" for key in photos]
+    return [f"s3://{settings.s3_bucket}/{key}" for key in keys]
 
 
 def wait_settled(db: psycopg.Connection, product_id: int, timeout: float = 30) -> tuple:

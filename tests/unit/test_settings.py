@@ -41,8 +41,10 @@ def test_every_variable_is_read() -> None:
         "WORKER_CONCURRENCY": "4",
         "TEMP_DIR": "/var/tmp/c",
         "METRICS_PORT": "9100",
+        "S3_ORIGINALS_PREFIX": "photos/raw/",
     }
     settings = Settings.from_env(env)
+    assert settings.s3_originals_prefix == "photos/raw/"
     assert settings.db_session_url.endswith(":6433/staging")
     assert settings.s3_public_url == "https://cdn.example.com"
     assert (settings.s3_bucket, settings.s3_region) == ("other-bucket", "fsn1")
@@ -68,6 +70,14 @@ def test_every_variable_is_read() -> None:
         ("WORKER_CONCURRENCY", "-1", "WORKER_CONCURRENCY is invalid"),
         ("S3_BUCKET", "a/b", "S3_BUCKET is invalid"),
         ("METRICS_PORT", "70000", "METRICS_PORT is invalid"),
+        ("S3_ENDPOINT", "https://key:secret@s3.example.com", "S3_ENDPOINT is invalid: must not"),
+        ("S3_ENDPOINT", "https://key@s3.example.com", "S3_ENDPOINT is invalid: must not hold"),
+        ("S3_PUBLIC_URL", "https://u:p@cdn.example.com", "S3_PUBLIC_URL is invalid: must not"),
+        ("S3_ENDPOINT", "http://[::1", "S3_ENDPOINT is invalid: expected an http(s)://host"),
+        ("S3_ORIGINALS_PREFIX", "originals", "S3_ORIGINALS_PREFIX is invalid: expected a key"),
+        ("S3_ORIGINALS_PREFIX", "/originals/", "S3_ORIGINALS_PREFIX is invalid"),
+        ("S3_ORIGINALS_PREFIX", "a/../b/", "S3_ORIGINALS_PREFIX is invalid"),
+        ("S3_ORIGINALS_PREFIX", "collages/x/", "S3_ORIGINALS_PREFIX is invalid: collages/ is"),
     ],
 )
 def test_a_bad_value_names_the_variable(name: str, value: str, expected: str) -> None:
@@ -83,6 +93,15 @@ def test_secrets_stay_out_of_the_repr() -> None:
     assert "s3cret" not in text
     assert "AKIAEXAMPLE" not in text
     assert "fsn1.your-objectstorage.com" in text
+
+
+def test_redact_hides_every_libpq_secret() -> None:
+    url = "postgresql://u@h/db?sslpassword=k3y&oauth_client_secret=t0k&sslmode=require"
+    assert (
+        redact(url) == "postgresql://u@h/db?sslpassword=***&oauth_client_secret=***&sslmode=require"
+    )
+    shown = redact("host=db user=app sslpassword=k3y sslkey=/etc/key.pem")
+    assert "k3y" not in shown and "/etc/key.pem" in shown
 
 
 def test_redact_hides_only_the_password() -> None:

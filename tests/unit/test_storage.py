@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from collage import storage
 from collage.errors import (
     BadImageUrls,
-    CollageError,
     ForeignUrl,
+    Permanent,
     UnsafeKey,
 )
 from collage.storage import collage_key, key_for_url
@@ -134,11 +134,38 @@ def test_any_image_url_maps_to_a_plain_key_in_the_bucket_or_is_refused(url: obje
             endpoint="http://127.0.0.1:9000",
             public_url="https://cdn.example.com/p",
         )
-    except CollageError:
+    except Permanent:
         return  # a Permanent error with a message; anything else would be a bug
     segments = key.split("/")
     assert key and all(s not in {"", ".", ".."} for s in segments)
     assert not any(c in key for c in "\\\x00\n")
+    assert key.startswith("originals/") and not key.startswith("collages/")
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(
+    url=st.one_of(
+        st.text(),
+        st.text().map(lambda s: f"s3://pics/{s}"),
+        st.text().map(lambda s: f"http://{s}"),
+        st.text().map(lambda s: f"https://cdn.example.com/p/{s}"),
+        st.text().map(lambda s: f"http://[{s}/originals/x.jpg"),
+    )
+)
+def test_arbitrary_text_is_a_key_under_the_prefix_or_a_permanent_error(url: str) -> None:
+    try:
+        key = storage.key_for_url(
+            url,
+            bucket="pics",
+            endpoint="http://127.0.0.1:9000",
+            public_url="https://cdn.example.com/p",
+            prefix="originals/",
+        )
+    except Permanent as exc:
+        # error_message is one line, and PostgreSQL's text cannot hold a NUL.
+        assert exc.message and not any(c in exc.message for c in "\n\r\x00")
+        return
+    assert key.startswith("originals/")
 
 
 @hypothesis.settings(max_examples=300, deadline=None)
@@ -149,7 +176,7 @@ def test_any_image_url_maps_to_a_plain_key_in_the_bucket_or_is_refused(url: obje
         ).filter(lambda s: s.strip(".") != ""),
         min_size=1,
         max_size=4,
-    ).map("/".join)
+    ).map(lambda parts: "originals/" + "/".join(parts))
 )
 def test_a_plain_key_survives_every_url_form(key: str) -> None:
     kwargs = {

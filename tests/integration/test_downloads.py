@@ -1,0 +1,86 @@
+"""Downloads that stop: at the byte cap whatever the headers say, and all at the first failure."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from collage import downloads
+from collage.errors import OriginalMissing, TooLarge
+from collage.runtime import Runtime
+from collage.settings import Settings
+from dev import sandbox
+from tests.support.s3proxy import TrickleS3
+
+
+@pytest.fixture
+def trickle() -> Iterator[TrickleS3]:
+    server = TrickleS3(missing="gone.jpg")
+    yield server
+    server.close()
+
+
+def runtime_on(server: TrickleS3, tmp_path: Path) -> Runtime:
+    settings = Settings(
+        db_url="postgresql://unused@127.0.0.1:9/x",
+        db_session_url="postgresql://unused@127.0.0.1:9/x",
+        s3_endpoint=server.endpoint,
+        s3_access_key=sandbox.S3_KEY,
+        s3_secret_key=sandbox.S3_KEY,
+        s3_bucket="lying",
+        temp_dir=tmp_path,
+    )
+    return Runtime.from_settings(settings)
+
+
+def test_a_body_without_content_length_is_cut_at_the_cap(
+    trickle: TrickleS3, tmp_path: Path
+) -> None:
+    runtime = runtime_on(trickle, tmp_path)
+    started = time.monotonic()
+    with pytest.raises(TooLarge, match=r"originals/a\.jpg is larger than the limit of 1,000 bytes"):
+        runtime.bucket.get("originals/a.jpg", max_bytes=1000)
+    took = time.monotonic() - started
+    (sent,) = trickle.sent
+    sandbox.wait_until(lambda: sent.closed_at is not None, timeout=5, what="the client to hang up")
+    # One chunk read (1 MiB) plus what the sockets buffer: far short of the 8 MiB on offer.
+    assert sent.bytes < trickle.total / 2, sent
+    print(f"no Content-Length, cap 1,000 B: refused after {took:.2f}s, {sent.bytes:,} B sent")
+    runtime.close()
+
+
+def test_the_first_failed_download_stops_the_others_at_their_next_chunk(
+    trickle: TrickleS3, tmp_path: Path
+) -> None:
+    trickle.total = 512 * 1024 * 1024  # the others would trickle for minutes
+    runtime = runtime_on(trickle, tmp_path)
+    keys = ["originals/a.jpg", "originals/b.jpg", "originals/c.jpg", "originals/gone.jpg"]
+    started = time.monotonic()
+    with pytest.raises(OriginalMissing, match=r"originals/gone\.jpg"):
+        asyncio.run(downloads.download_all(runtime, keys, max_bytes=10**12))
+    failed_after = time.monotonic() - started
+    assert 1 <= len(trickle.sent) <= 3  # the others may not all have started by then
+    sandbox.wait_until(
+        lambda: all(s.closed_at is not None for s in trickle.sent),
+        timeout=10,
+        what="the other downloads to stop",
+    )
+    stopped_after = max(s.closed_at or 0 for s in trickle.sent) - started
+    assert failed_after < 5 and stopped_after < 10
+    print(
+        f"first failure after {failed_after:.2f}s; the {len(trickle.sent)} others stopped"
+        f" {stopped_after:.2f}s in, having sent {sum(s.bytes for s in trickle.sent):,} B"
+    )
+    runtime.close()
+
+
+def test_the_sku_budget_is_shared_by_its_downloads(trickle: TrickleS3, tmp_path: Path) -> None:
+    runtime = runtime_on(trickle, tmp_path)
+    keys = [f"originals/{n}.jpg" for n in range(3)]
+    with pytest.raises(TooLarge, match="the photos add up to over 10,000,000 bytes"):
+        asyncio.run(downloads.download_all(runtime, keys, max_bytes=10_000_000))
+    runtime.close()
