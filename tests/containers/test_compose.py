@@ -124,7 +124,10 @@ def test_the_local_stack_builds_a_sku_through_both_pools(stack: Stack, figure: F
         aws_secret_access_key="collage-secret",
         region_name="us-east-1",
     )
-    photos = {"stack/red.jpg": solid_jpeg(40, 30, RED), "stack/blue.jpg": solid_jpeg(20, 60, BLUE)}
+    photos = {
+        "originals/stack/red.jpg": solid_jpeg(40, 30, RED),
+        "originals/stack/blue.jpg": solid_jpeg(20, 60, BLUE),
+    }
     for key, data in photos.items():
         s3.put_object(Bucket="unde-images", Key=key, Body=data)
     urls = ", ".join(f'"s3://unde-images/{key}"' for key in photos)

@@ -90,8 +90,8 @@ def add_sku(db: Db, urls: list[str], external_id: str) -> int:
 def red_then_blue(s3, bucket: str, folder: str) -> list[str]:
     """Two photos: red 40x30 (scaled up to 80x60) then blue 20x60, so the collage is 100x60."""
     photos = {
-        f"{folder}/red.jpg": solid_jpeg(40, 30, RED),
-        f"{folder}/blue.jpg": solid_jpeg(20, 60, BLUE),
+        f"originals/{folder}/red.jpg": solid_jpeg(40, 30, RED),
+        f"originals/{folder}/blue.jpg": solid_jpeg(20, 60, BLUE),
     }
     for key, data in photos.items():
         s3.put_object(Bucket=bucket, Key=key, Body=data)
