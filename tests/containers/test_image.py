@@ -19,7 +19,7 @@ from collage import migrate
 from collage.settings import Settings
 from dev import sandbox
 from dev.photos import solid_jpeg
-from tests.conftest import S3_KEY, FaultyS3
+from tests.conftest import FaultyS3
 from tests.containers import engine
 from tests.containers.conftest import Figure
 from tests.support.processes import (
@@ -35,23 +35,14 @@ from tests.support.processes import (
     wait_settled,
 )
 from tests.support.s3proxy import SlowGets
+from tests.support.skus import env_of
 
 pytestmark = pytest.mark.slow
 
 
 def worker_env(settings: Settings, **changes: str) -> dict[str, str]:
-    """The settings as the container reads them, JSON logs (so the tests can read them)."""
-    return {
-        "STAGING_DB_URL": settings.db_url,
-        "STAGING_DB_SESSION_URL": settings.db_session_url,
-        "S3_ENDPOINT": settings.s3_endpoint,
-        "S3_ACCESS_KEY": S3_KEY,
-        "S3_SECRET_KEY": S3_KEY,
-        "S3_BUCKET": settings.s3_bucket,
-        "S3_PUBLIC_URL": settings.s3_public_url,
-        "LOG_FORMAT": "json",
-        **changes,
-    }
+    """The settings as the container reads them, logging JSON (the tests read its log)."""
+    return {**env_of(settings), "LOG_FORMAT": "json", **changes}
 
 
 def start_worker(
