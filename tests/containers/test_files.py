@@ -151,7 +151,7 @@ def test_every_pinned_image_has_a_stand_in() -> None:
     }
     for image in sorted(pinned):
         repository = image.split(":")[0]
-        match = re.search(rf"^\s+{re.escape(repository)}\) folder=(\w+)", script, re.M)
+        match = re.search(rf"^\s+{re.escape(repository)}\) echo (\w+)", script, re.M)
         assert match, f"bin/setup-docker has no stand-in for {image}"
         assert (STANDINS / match.group(1) / "Dockerfile").exists()
 
