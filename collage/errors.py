@@ -68,6 +68,10 @@ class KeyTaken(Permanent):
     """Another row with the same brand and external_id owns this SKU's collage."""
 
 
+class OverBudget(Permanent):
+    """Building the collage took more CPU time or memory than one collage may use."""
+
+
 def error_classes() -> frozenset[str]:
     """Name every CollageError class: the values a metric label may take."""
     found: set[str] = set()

@@ -20,6 +20,7 @@ import psycopg
 from procrastinate import JobContext
 from psycopg import AsyncConnection
 
+from collage.builder import MIB, Budget, Builder
 from collage.errors import one_line
 from collage.settings import Settings, from_environment
 from collage.storage import Bucket
@@ -40,14 +41,17 @@ class Runtime:
 
     settings: Settings
     bucket: Bucket
+    builder: Builder | None = None  # None: collages are not built here (tests of the rest)
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(thread_name_prefix="collage")
     )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
-        """Build the bucket client for these settings."""
-        return cls(settings=settings, bucket=Bucket.from_settings(settings))
+        """Build the bucket client and the collage builder's processes for these settings."""
+        return cls(
+            settings=settings, bucket=Bucket.from_settings(settings), builder=builder_for(settings)
+        )
 
     async def run(self, func: Callable[..., T], /, *args: object, **kwargs: object) -> T:
         """Run a blocking call on the executor."""
@@ -55,8 +59,19 @@ class Runtime:
         return await asyncio.get_running_loop().run_in_executor(self.executor, call)
 
     def close(self) -> None:
-        """Let go of the threads without waiting: an S3 call abandoned at shutdown may hang on."""
+        """Stop the builder's processes; let go of the threads without waiting for them.
+
+        An S3 call abandoned at shutdown may hang on in a thread: its job is queued again.
+        """
+        if self.builder is not None:
+            self.builder.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def builder_for(settings: Settings, *, processes: int | None = None) -> Builder:
+    """Child processes for collages, one per job at once, bounded as the settings say."""
+    budget = Budget(cpu_s=settings.build_cpu_s, memory_bytes=settings.build_memory_mb * MIB)
+    return Builder(budget=budget, processes=processes or settings.worker_concurrency)
 
 
 def runtime_of(context: JobContext) -> Runtime:

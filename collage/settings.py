@@ -43,6 +43,8 @@ class Settings:
     batch_size: int = 100
     collage_quality: int = 95
     worker_concurrency: int = 2
+    build_cpu_s: int = 30
+    build_memory_mb: int = 1792
     temp_dir: Path = field(default_factory=lambda: _default_temp_dir())
     metrics_port: int | None = None
 
@@ -71,6 +73,10 @@ class Settings:
             batch_size=_optional(env, "BATCH_SIZE", _int_between(1, 10_000), 100),
             collage_quality=_optional(env, "COLLAGE_QUALITY", _int_between(1, 100), 95),
             worker_concurrency=_optional(env, "WORKER_CONCURRENCY", _int_between(1, 64), 2),
+            build_cpu_s=_optional(env, "COLLAGE_CPU_LIMIT_S", _int_between(1, 3600), 30),
+            build_memory_mb=_optional(
+                env, "COLLAGE_MEMORY_LIMIT_MB", _int_between(256, 65536), 1792
+            ),
             temp_dir=_optional(env, "TEMP_DIR", Path, _default_temp_dir()),
             metrics_port=_optional(env, "METRICS_PORT", _int_between(1, 65535), None),
         )

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from procrastinate import JobContext
 from psycopg import AsyncConnection
 
-from collage import downloads, imaging, metrics, outcomes, products
+from collage import downloads, metrics, outcomes, products
 from collage.app import app
 from collage.constants import BUILD_TASK, QUEUE
 from collage.errors import CollageError, KeyTaken, Permanent, one_line
@@ -37,6 +37,8 @@ class Made:
     key: str
     jpeg: bytes
     photos: int
+    cpu_s: float = 0.0  # what the build cost in its child process
+    peak_rss: int = 0
 
 
 def backoff_s(attempt: int) -> float:
@@ -75,7 +77,7 @@ async def build(
         # The worker is shutting down past its grace period: the SKU goes back in the queue.
         await asyncio.shield(hand_over(context, product.id))
         raise
-    report(outcome, product, attempt=attempt)
+    report(outcome, product, attempt=attempt, made=result if isinstance(result, Made) else None)
     return outcome.outcome
 
 
@@ -91,10 +93,14 @@ async def make_collage(runtime: Runtime, product: products.Product) -> Made | Ex
         key = collage_key(product.brand, product.external_id)
         keys = downloads.photo_keys(runtime.bucket, product.image_urls)
         photos = await downloads.download_all(runtime, keys)
-        jpeg = await runtime.run(
-            imaging.build_collage, photos, quality=runtime.settings.collage_quality, names=keys
+        builder = runtime.builder
+        assert builder is not None, "this runtime builds no collages"
+        built = await runtime.run(
+            builder.build, photos, quality=runtime.settings.collage_quality, names=keys
         )
-        return Made(key=key, jpeg=jpeg, photos=len(keys))
+        return Made(
+            key=key, jpeg=built.jpeg, photos=len(keys), cpu_s=built.cpu_s, peak_rss=built.peak_rss
+        )
     except Exception as exc:
         if not isinstance(exc, CollageError):
             logger.exception("unexpected error while building", extra={"product_id": product.id})
@@ -200,7 +206,9 @@ async def hand_over(context: JobContext, product_id: int) -> None:
     metrics.record_outcome("interrupted", duration_s=0.0)
 
 
-def report(outcome: outcomes.Outcome, product: products.Product, *, attempt: int) -> None:
+def report(
+    outcome: outcomes.Outcome, product: products.Product, *, attempt: int, made: Made | None
+) -> None:
     """Count the outcome and log it in one line."""
     metrics.record_outcome(
         outcome.outcome, error_class=outcome.error_class, duration_s=outcome.duration_s or 0.0
@@ -216,6 +224,8 @@ def report(outcome: outcomes.Outcome, product: products.Product, *, attempt: int
         photos=outcome.photos,
         bytes_out=outcome.bytes_out,
         duration_s=round(outcome.duration_s or 0.0, 3),
+        build_cpu_s=round(made.cpu_s, 3) if made else None,
+        build_peak_mib=round(made.peak_rss / 2**20) if made else None,
         error_class=outcome.error_class,
         error=outcome.message,
     )

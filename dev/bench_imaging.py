@@ -29,7 +29,7 @@ SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 # Pillow keeps up to this many freed 16 MB blocks for reuse (--warm): a worker that sets it stops
 # paying the kernel for a fresh canvas on every job.
 WARM_BLOCKS = "32"
-USAGE = "Full run (--warm --encoder --filters): about 15 minutes on 2 cores."
+USAGE = "Full run (--warm --resampler --encoder --filters): about 25 minutes on 2 cores."
 
 
 def make_dataset(root: Path) -> list[Path]:
@@ -76,40 +76,51 @@ def encode(image: Image.Image, **options: object) -> bytes:
     return out.getvalue()
 
 
-def measure(kind: str, sku: Path, runs: int) -> dict[str, float]:
-    """Run one kind of job `runs` times in this process and measure the last run."""
+KINDS = ("floor", "pillow", "opencv")  # the floor, today's path, the new path
+
+
+def measure(kinds: Sequence[str], sku: Path, *, warm: bool) -> dict[str, dict[str, float]]:
+    """Run each kind of job on a SKU in this process; warm, each runs once unmeasured first."""
     photos = load(sku)
     if resampling := os.environ.get("BENCH_RESAMPLING"):
         imaging.RESAMPLING = Image.Resampling[resampling]
-    if kind != "build":
+    canvas = None
+    if any(kind == "floor" or kind.startswith("encode") for kind in kinds):
         canvas = Image.open(io.BytesIO(build_collage(photos, quality=QUALITY)))
         canvas.load()
-    option = kind.partition(":")[2]  # encode:optimize, encode:progressive, encode:baseline
-    options = {option: True} if option in ("optimize", "progressive") else {}
+    if "opencv" in kinds:
+        imaging.RESAMPLER = "opencv"
+        imaging.load_resampler()  # as a worker's child process does when it starts
 
-    def job() -> int:
-        if kind == "build":
+    def job(kind: str) -> int:
+        if kind in ("pillow", "opencv"):
+            imaging.RESAMPLER = kind
             return len(build_collage(photos, quality=QUALITY))
         if kind == "floor":
             return floor(photos, canvas)
-        return len(encode(canvas, **options))
+        option = kind.partition(":")[2]  # encode:optimize, encode:progressive, encode:baseline
+        return len(encode(canvas, **({option: True} if option != "baseline" else {})))
 
-    for _ in range(runs - 1):
-        job()
-    # Pillow allocates outside Python's allocator, where tracemalloc cannot see: reset the kernel's
-    # peak-RSS mark instead, and read it after the job.
-    Path("/proc/self/clear_refs").write_text("5")
-    rss_before = _proc_status("VmRSS")
-    wall, cpu = time.perf_counter(), time.process_time()
-    size = job()
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    peak = _proc_status("VmHWM") - rss_before
+    if warm:
+        for kind in kinds:
+            job(kind)
+    results = {}
+    for kind in kinds:
+        # Pillow allocates outside Python's allocator, where tracemalloc cannot see: reset the
+        # kernel's peak-RSS mark instead, and read it after the job.
+        Path("/proc/self/clear_refs").write_text("5")
+        rss_before = _proc_status("VmRSS")
+        wall, cpu = time.perf_counter(), time.process_time()
+        size = job(kind)
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        peak = _proc_status("VmHWM") - rss_before
+        results[kind] = {"cpu": cpu, "wall": wall, "peak": peak, "size": size}
     # What the floor leaves out and a collage cannot: a canvas of fresh memory, the kernel zeroes.
     alloc = time.process_time()
     layout = plan_layout([Image.open(io.BytesIO(p)).size for p in photos])
     Image.new("RGB", (layout.width, layout.height), 0)
-    alloc = time.process_time() - alloc
-    return {"cpu": cpu, "wall": wall, "peak": peak, "size": size, "alloc": alloc}
+    results[kinds[0]]["alloc"] = time.process_time() - alloc
+    return results
 
 
 def _proc_status(field: str) -> int:
@@ -128,21 +139,48 @@ def floor(photos: Sequence[bytes], canvas: Image.Image) -> int:
     return len(encode(canvas, icc_profile=SRGB))
 
 
-def child(kind: str, sku: Path, *, warm: bool, resampling: str) -> dict[str, float]:
-    """Measure in a fresh process, so that the peak RSS is this job's and nothing else's."""
-    env = dict(os.environ, BENCH_RESAMPLING=resampling)
+def child(
+    kinds: Sequence[str], sku: Path, *, warm: bool, resampling: str
+) -> dict[str, dict[str, float]]:
+    """Measure in a fresh process, so that a cold job's peak RSS is its own and nothing else's."""
+    env = dict(os.environ, BENCH_RESAMPLING=resampling, OPENBLAS_NUM_THREADS="1")
     if warm:
         env["PILLOW_BLOCKS_MAX"] = WARM_BLOCKS
-    runs = "2" if warm else "1"
-    command = [sys.executable, "-m", "dev.bench_imaging", "--child", kind, str(sku), runs]
+    command = [sys.executable, "-m", "dev.bench_imaging", "--child", ",".join(kinds), str(sku)]
+    command += ["--warm"] if warm else []
     result = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     return json.loads(result.stdout)
 
 
-def median_of(kind: str, sku: Path, reps: int, **options: Any) -> dict[str, float]:
-    """Return the median of every figure over `reps` fresh processes."""
-    samples = [child(kind, sku, **options) for _ in range(reps)]
-    return {key: statistics.median(s[key] for s in samples) for key in samples[0]}
+def rounds(
+    skus: Sequence[Path], kinds: Sequence[str], reps: int, *, warm: bool, resampling: str
+) -> dict[str, dict[str, list[dict[str, float]]]]:
+    """Measure every kind on every SKU `reps` times, interleaved, each in a fresh process.
+
+    Cold, each kind has its own process (its own peak RSS); warm, one process runs every kind
+    once unmeasured then once measured. The order of kinds rotates from round to round, so that
+    a noisy neighbour hurts every kind alike.
+    """
+    samples: dict[str, dict[str, list[dict[str, float]]]] = {
+        sku.name: {kind: [] for kind in kinds} for sku in skus
+    }
+    for rep in range(reps):
+        for sku in skus:
+            order = [kinds[(i + rep) % len(kinds)] for i in range(len(kinds))]
+            if warm:
+                measured = child(order, sku, warm=True, resampling=resampling)
+            else:
+                measured = {}
+                for kind in order:
+                    measured.update(child([kind], sku, warm=False, resampling=resampling))
+            for kind, figures in measured.items():
+                samples[sku.name][kind].append(figures)
+    return samples
+
+
+def median(samples: Sequence[dict[str, float]], key: str) -> float:
+    """Return the median of one figure over the rounds."""
+    return statistics.median(s[key] for s in samples if key in s)
 
 
 def geomean(values: Sequence[float]) -> float:
@@ -150,43 +188,110 @@ def geomean(values: Sequence[float]) -> float:
     return math.exp(statistics.fmean(math.log(v) for v in values)) if values else float("nan")
 
 
-def bench(skus: Sequence[Path], reps: int, *, warm: bool, resampling: str) -> None:
-    """Print one markdown row per SKU, build against floor, then the geometric means."""
+def bench(skus: Sequence[Path], reps: int, *, warm: bool, resampling: str) -> dict[str, Any]:
+    """Print one markdown row per SKU, both paths against the floor, then the geometric means."""
     mib = 1024 * 1024
-    title = f"PILLOW_BLOCKS_MAX={WARM_BLOCKS}, second job in the process" if warm else "cold"
-    print(f"\n### {resampling}, {title}\n")
-    print(
-        "| SKU | photos | upscaled | collage px | out MB | floor CPU s | fresh canvas s "
-        "| build CPU s | build wall s | ratio | peak MiB |\n" + "|---" * 11 + "|"
+    title = f"warm (PILLOW_BLOCKS_MAX={WARM_BLOCKS}, each job's second run)" if warm else "cold"
+    samples = rounds(skus, KINDS, reps, warm=warm, resampling=resampling)
+    print(f"\n### {title}: CPU seconds, and ratios to the floor measured in the same run\n")
+    header = (
+        "| SKU | photos | upscaled | collage px | out MB | floor CPU s | today CPU s | new CPU s "
+        "| today ratio | new ratio | new wall s |"
     )
-    ratios: dict[bool, list[float]] = {True: [], False: []}
-    large = ""
+    columns = 11
+    if not warm:
+        header += " fresh canvas s | today peak MiB | new peak MiB |"
+        columns += 3
+    print(header + "\n" + "|---" * columns + "|")
+    ratios: dict[str, dict[bool, list[float]]] = {k: {True: [], False: []} for k in KINDS[1:]}
+    spreads = []
     for sku in skus:
         photos = load(sku)
         sizes = [Image.open(io.BytesIO(p)).size for p in photos]
         layout = plan_layout(sizes)
         upscaled = sum(h < layout.height for _, h in sizes)
-        base = median_of("floor", sku, reps, warm=warm, resampling=resampling)
-        built = median_of("build", sku, reps, warm=warm, resampling=resampling)
-        ratio = built["cpu"] / base["cpu"]
-        ratios[upscaled > 0].append(ratio)
-        # Warm, the memory is already the process's: neither figure would mean anything.
-        peak = "-" if warm else f"{built['peak'] / mib:.0f}"
-        alloc = "-" if warm else f"{base['alloc']:.3f}"
-        print(
+        got = samples[sku.name]
+        base = median(got["floor"], "cpu")
+        cpu = {kind: median(got[kind], "cpu") for kind in KINDS[1:]}
+        for kind in KINDS[1:]:
+            ratios[kind][upscaled > 0].append(cpu[kind] / base)
+            # Noise: how far one round's ratio strays from the median, for the new path.
+        per_round = [n["cpu"] / f["cpu"] for n, f in zip(got["opencv"], got["floor"], strict=True)]
+        spreads.append((max(per_round) - min(per_round)) / statistics.median(per_round))
+        row = (
             f"| {sku.name} | {len(photos)} | {upscaled} | {layout.width}x{layout.height} "
-            f"| {built['size'] / 1e6:.1f} | {base['cpu']:.3f} | {alloc} "
-            f"| {built['cpu']:.3f} | {built['wall']:.3f} | {ratio:.2f} | {peak} |"
+            f"| {median(got['opencv'], 'size') / 1e6:.1f} | {base:.3f} | {cpu['pillow']:.3f} "
+            f"| {cpu['opencv']:.3f} | {cpu['pillow'] / base:.2f} | **{cpu['opencv'] / base:.2f}** "
+            f"| {median(got['opencv'], 'wall'):.3f} |"
         )
-        if sku.name == "large" and not warm:
-            canvas, photo = layout.width * layout.height * 4, max(w * h for w, h in sizes) * 4
-            target = (canvas + photo) / mib + 64
-            large = f" Large SKU peak {built['peak'] / mib:.0f} MiB, target {target:.0f} MiB."
+        if not warm:
+            row += (
+                f" {median(got['floor'], 'alloc'):.3f} | {median(got['pillow'], 'peak') / mib:.0f}"
+                f" | {median(got['opencv'], 'peak') / mib:.0f} |"
+            )
+        print(row)
     print(
-        f"\nGeometric mean of CPU ratios: all {geomean(ratios[True] + ratios[False]):.2f}, "
-        f"no upscaling {geomean(ratios[False]):.2f}, with upscaling {geomean(ratios[True]):.2f}."
-        + large
+        "\n| CPU / floor, geometric mean | all | no upscaling | with upscaling |\n|---|---|---|---|"
     )
+    means = {}
+    for kind, label in (
+        ("pillow", "today (Pillow BICUBIC)"),
+        ("opencv", "new (OpenCV INTER_CUBIC)"),
+    ):
+        by = ratios[kind]
+        means[kind] = (geomean(by[True] + by[False]), geomean(by[False]), geomean(by[True]))
+        print(f"| {label} | " + " | ".join(f"{v:.2f}" for v in means[kind]) + " |")
+    print(
+        f"\n{len(ratios['opencv'][False])} SKUs without upscaling, "
+        f"{len(ratios['opencv'][True])} with. Noise: a round's new/floor ratio strays "
+        f"{statistics.median(spreads):.0%} from its median (median over SKUs; worst "
+        f"{max(spreads):.0%}), {reps} interleaved rounds."
+    )
+    return means
+
+
+def resampler_study(reps: int) -> None:
+    """Print the resampler alone, upscaling 1600x2400 to 2000x3000, in ms per output megapixel."""
+    import cv2
+    import numpy as np
+
+    imaging.RESAMPLER = "opencv"
+    imaging.load_resampler()
+    source = photos.product(random.Random(7), 1600, 2400)
+    size, output_mp = (2000, 3000), 6.0
+    array = np.frombuffer(source.tobytes("raw", "RGBX"), np.uint8).reshape(2400, 1600, 4)
+
+    def pillow(name: str) -> None:
+        source.resize(size, Image.Resampling[name])
+
+    def opencv_panel() -> None:
+        imaging.scale(source.copy(), size)
+
+    def copy_only() -> None:
+        source.copy()
+
+    cases = {
+        "Pillow BICUBIC (today)": lambda: pillow("BICUBIC"),
+        "Pillow LANCZOS": lambda: pillow("LANCZOS"),
+        "OpenCV INTER_CUBIC, cv2.resize alone": lambda: cv2.resize(
+            array, size, interpolation=cv2.INTER_CUBIC
+        ),
+        "OpenCV INTER_CUBIC, imaging.scale (with the copies in and out)": opencv_panel,
+    }
+    spent = {name: [] for name in cases}
+    base = []
+    for _ in range(max(reps, 5)):
+        for name, case in cases.items():
+            cpu = time.process_time()
+            case()
+            spent[name].append(time.process_time() - cpu)
+        cpu = time.process_time()
+        copy_only()
+        base.append(time.process_time() - cpu)
+    print("\n| resampler, 1600x2400 to 2000x3000 | ms per output MP |\n|---|---|")
+    for name, values in spent.items():
+        extra = statistics.median(base) if "imaging.scale" in name else 0.0
+        print(f"| {name} | {(statistics.median(values) - extra) * 1000 / output_mp:.2f} |")
 
 
 def psnr(a: Image.Image, b: Image.Image) -> float:
@@ -227,12 +332,12 @@ def encoder_study(skus: Sequence[Path], reps: int) -> None:
     """Print CPU, output size and peak memory of each JPEG encoder option on the collages."""
     print("\n| encoder | CPU s, all SKUs | MB, all SKUs | peak MiB, last SKU |\n|---|---|---|---|")
     for option in ("baseline", "optimize", "progressive"):
-        runs = [
-            median_of(f"encode:{option}", sku, reps, warm=False, resampling=RESAMPLING.name)
-            for sku in skus
-        ]
-        cpu, size = sum(r["cpu"] for r in runs), sum(r["size"] for r in runs)
-        print(f"| {option} | {cpu:.2f} | {size / 1e6:.1f} | {runs[-1]['peak'] / 1024 / 1024:.0f} |")
+        kind = f"encode:{option}"
+        got = rounds(skus, [kind], reps, warm=False, resampling=RESAMPLING.name)
+        cpu = sum(median(got[sku.name][kind], "cpu") for sku in skus)
+        size = sum(median(got[sku.name][kind], "size") for sku in skus)
+        peak = median(got[skus[-1].name][kind], "peak") / 1024 / 1024
+        print(f"| {option} | {cpu:.2f} | {size / 1e6:.1f} | {peak:.0f} |")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -247,11 +352,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--resampling", nargs="*", default=[RESAMPLING.name], help="filters to build with"
     )
-    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--resampler", action="store_true", help="also time the resamplers alone")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        kind, sku, runs = args.child
-        print(json.dumps(measure(kind, Path(sku), int(runs))))
+        kinds, sku = args.child
+        print(json.dumps(measure(kinds.split(","), Path(sku), warm=args.warm)))
         return
     with tempfile.TemporaryDirectory(prefix="bench-imaging-") as scratch:
         skus = make_dataset(args.data or Path(scratch))
@@ -264,12 +370,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         ]
         print(
             f"{len(skus)} SKUs; inputs JPEG q90 4:2:0, {min(per_6mp):.0f}-{max(per_6mp):.0f} KB "
-            f"per 6 MP; output JPEG q{QUALITY} 4:4:4; medians of {args.reps} fresh processes"
+            f"per 6 MP; output JPEG q{QUALITY} 4:4:4; medians of {args.reps} interleaved rounds"
         )
         for resampling in args.resampling:
             bench(skus, args.reps, warm=False, resampling=resampling)
             if args.warm:
                 bench(skus, args.reps, warm=True, resampling=resampling)
+        if args.resampler:
+            resampler_study(args.reps)
         if args.encoder:
             encoder_study(skus, args.reps)
         if args.filters:

@@ -130,3 +130,10 @@ def garment(rng: random.Random, view: str, *, width: int, height: int) -> Image.
         draw.ellipse((x, y, x + r, y + r), fill=tuple(rng.randrange(256) for _ in range(3)))
     draw.text((0.04 * w, 0.04 * h), view, fill=(60, 60, 60), font_size=max(12, h // 18))
     return image
+
+
+def scan_bomb(width: int, height: int, *, repeats: int, seed: int = 0) -> bytes:
+    """A progressive JPEG whose last scan is repeated: small, and slow to decode in proportion."""
+    data = encode(Image.open(io.BytesIO(jpeg(width, height, seed=seed))), progressive=True)
+    last = data.rindex(b"\xff\xda")  # the last scan runs to the end-of-image marker
+    return data[:last] + data[last:-2] * repeats + data[-2:]

@@ -89,15 +89,16 @@ def worker_command(concurrency: int | None, graceful_timeout: float) -> None:
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-q", "--quality", type=click.IntRange(1, 100), default=95, show_default=True)
 def make_command(photos: tuple[Path, ...], output: Path, quality: int) -> None:
-    """Build a collage from local files, exactly as the worker would."""
-    from collage import imaging
+    """Build a collage from local files exactly as the worker would, within the same bounds."""
+    from collage.builder import Builder
 
     try:
         data = [path.read_bytes() for path in photos]
     except OSError as exc:
         raise Fail(f"cannot read {exc.filename}: {exc.strerror}") from None
     try:
-        jpeg = imaging.build_collage(data, quality=quality, names=[str(p) for p in photos])
+        with Builder(processes=1) as builder:
+            jpeg = builder.build(data, quality=quality, names=[str(p) for p in photos]).jpeg
     except CollageError as exc:
         raise Fail(exc.message) from None
     try:

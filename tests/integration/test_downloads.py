@@ -13,6 +13,7 @@ from collage import downloads
 from collage.errors import OriginalMissing, TooLarge
 from collage.runtime import Runtime
 from collage.settings import Settings
+from collage.storage import Bucket
 from dev import sandbox
 from tests.support.s3proxy import TrickleS3
 
@@ -34,7 +35,7 @@ def runtime_on(server: TrickleS3, tmp_path: Path) -> Runtime:
         s3_bucket="lying",
         temp_dir=tmp_path,
     )
-    return Runtime.from_settings(settings)
+    return Runtime(settings=settings, bucket=Bucket.from_settings(settings))  # builds nothing
 
 
 def test_a_body_without_content_length_is_cut_at_the_cap(

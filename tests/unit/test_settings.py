@@ -42,8 +42,11 @@ def test_every_variable_is_read() -> None:
         "TEMP_DIR": "/var/tmp/c",
         "METRICS_PORT": "9100",
         "S3_ORIGINALS_PREFIX": "photos/raw/",
+        "COLLAGE_CPU_LIMIT_S": "12",
+        "COLLAGE_MEMORY_LIMIT_MB": "900",
     }
     settings = Settings.from_env(env)
+    assert (settings.build_cpu_s, settings.build_memory_mb) == (12, 900)
     assert settings.s3_originals_prefix == "photos/raw/"
     assert settings.db_session_url.endswith(":6433/staging")
     assert settings.s3_public_url == "https://cdn.example.com"

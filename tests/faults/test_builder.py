@@ -1,0 +1,182 @@
+"""Hostile photos against real child processes: each ends in one line, the builder lives on."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from collage import imaging
+from collage.builder import MIB, Budget, Builder
+from collage.errors import OverBudget, PhotoUnreadable, TooLarge, Transient
+from collage.imaging import Limits
+from dev.photos import jpeg, noisy_jpeg, scan_bomb
+
+NAMES = ["s3://bucket/a.jpg", "s3://bucket/b.jpg"]
+
+
+@pytest.fixture
+def builder() -> Iterator[Builder]:
+    with Builder(processes=1) as built:
+        yield built
+
+
+def children() -> list[int]:
+    """Return the pids of this process's collage children."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines())
+            cmdline = (status.parent / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if int(fields.get("PPid", "0")) == os.getpid() and b"collage.build_child" in cmdline:
+            found.append(int(status.parent.name))
+    return found
+
+
+def still_builds(builder: Builder) -> None:
+    photo = jpeg(40, 30, seed=1)
+    assert builder.build([photo, photo], quality=90).jpeg.startswith(b"\xff\xd8")
+
+
+def test_collage_is_the_one_build_collage_makes(builder: Builder) -> None:
+    photos = [jpeg(300, 400, seed=2), jpeg(200, 300, seed=3)]
+    built = builder.build(photos, quality=90, names=NAMES)
+    assert built.jpeg == imaging.build_collage(photos, quality=90, names=NAMES)
+    assert built.cpu_s > 0
+    assert built.peak_rss > 0
+
+
+def test_errors_come_back_as_build_collage_raises_them(builder: Builder) -> None:
+    with pytest.raises(PhotoUnreadable, match=r"^photo 2 \(s3://bucket/b.jpg\) is not a JPEG"):
+        builder.build([jpeg(20, 20), b"<html>"], names=NAMES)
+    with pytest.raises(ValueError, match="quality"):
+        builder.build([jpeg(20, 20)], quality=0)
+    still_builds(builder)
+
+
+@pytest.mark.slow
+def test_scan_bomb_past_the_cpu_budget_is_stopped() -> None:
+    bomb = scan_bomb(6000, 6000, repeats=300)  # 309 scans, 14 MB: about 2.5 s of CPU here
+    limits = Limits(max_scans=10**6)  # let the bomb past the structural check, to the budget
+    with Builder(limits=limits, budget=Budget(cpu_s=1), processes=1) as builder:
+        started = time.monotonic()
+        with pytest.raises(OverBudget) as raised:
+            builder.build([jpeg(40, 30), bomb], names=NAMES)
+        elapsed = time.monotonic() - started
+        message = raised.value.message
+        print(f"\nscan bomb: {message} after {elapsed:.1f} s")
+        assert message.startswith(
+            "photo 2 (s3://bucket/b.jpg) took over 1 s of CPU to decode, the limit per collage;"
+        )
+        assert " s CPU, " in message and "MiB peak" in message and "\n" not in message
+        still_builds(builder)
+    # The structural check alone refuses it in milliseconds, without a child.
+    with pytest.raises(TooLarge, match="is a JPEG of 309 scans; at most 100 are allowed"):
+        imaging.build_collage([bomb])
+
+
+@pytest.mark.slow
+def test_lossless_webp_past_the_memory_budget_is_refused() -> None:
+    image = Image.open(io.BytesIO(noisy_jpeg(5000, 4000)))  # 20 MP: 80 MB decoded, 24 MB coded
+    webp = io.BytesIO()
+    image.save(webp, "WEBP", lossless=True, method=0, quality=0)
+    with Builder(budget=Budget(memory_bytes=150 * MIB), processes=1) as builder:
+        with pytest.raises(OverBudget) as raised:
+            builder.build([jpeg(40, 30), webp.getvalue()], names=NAMES)
+        message = raised.value.message
+        print(f"\nlossless WebP: {message}")
+        assert message.startswith(
+            "photo 2 (s3://bucket/b.jpg) needs more than 150 MiB to build, the limit per collage"
+        )
+        still_builds(builder)
+
+
+def _build_in_thread(builder: Builder, photos: list[bytes]) -> tuple[threading.Thread, list]:
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append(builder.build(photos, names=NAMES[: len(photos)]))
+        except Exception as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def _busy_child() -> int:
+    """Return the child that is spending CPU now."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        before = {pid: _cpu_ticks(pid) for pid in children()}
+        time.sleep(0.2)
+        grew = {pid: _cpu_ticks(pid) - ticks for pid, ticks in before.items()}
+        if grew and max(grew.values()) >= 5:
+            return max(grew, key=grew.__getitem__)
+    raise AssertionError("no child started building")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("sig", "error", "expected"),
+    [
+        (signal.SIGSEGV, PhotoUnreadable, "cannot be decoded: the decoder crashed (SIGSEGV) while"),
+        (signal.SIGKILL, Transient, "the build process was killed (SIGKILL) while"),
+    ],
+)
+def test_a_child_that_dies_fails_its_own_job_only(
+    sig: signal.Signals, error: type[Exception], expected: str
+) -> None:
+    slow = scan_bomb(6000, 6000, repeats=300)  # seconds to decode: time to kill it mid-way
+    with Builder(limits=Limits(max_scans=10**6), processes=2) as builder:
+        still_builds(builder)
+        victim_thread, victim = _build_in_thread(builder, [jpeg(40, 30), slow])
+        pid = _busy_child()
+        bystander_thread, bystander = _build_in_thread(builder, [noisy_jpeg(2000, 3000)])
+        os.kill(pid, sig)
+        victim_thread.join(60)
+        bystander_thread.join(60)
+        assert isinstance(victim[0], error), victim
+        print(f"\n{sig.name}: {victim[0]}")
+        assert expected in str(victim[0]) and "\n" not in str(victim[0])
+        assert str(victim[0]).startswith("photo 2 (s3://bucket/b.jpg)") or sig == signal.SIGKILL
+        assert bystander[0].jpeg.startswith(b"\xff\xd8"), bystander  # the other job: unharmed
+        assert pid not in children()
+        still_builds(builder)
+
+
+@pytest.mark.slow
+def test_a_child_that_hangs_is_stopped_at_the_wall_clock_limit() -> None:
+    slow = scan_bomb(6000, 6000, repeats=300)
+    with Builder(limits=Limits(max_scans=10**6), budget=Budget(wall_s=2), processes=1) as builder:
+        still_builds(builder)
+        thread, outcome = _build_in_thread(builder, [jpeg(40, 30), slow])
+        pid = _busy_child()
+        os.kill(pid, signal.SIGSTOP)  # alive, spending nothing: only the wall clock can tell
+        thread.join(30)
+        assert isinstance(outcome[0], OverBudget), outcome
+        assert str(outcome[0]).startswith("photo 2 (s3://bucket/b.jpg) took over 2 s to build")
+        still_builds(builder)
+
+
+def test_closed_builder_refuses_work() -> None:
+    builder = Builder(processes=1)
+    builder.close()
+    with pytest.raises(Transient, match="shutting down"):
+        builder.build([jpeg(10, 10)])
+    assert not children()
