@@ -133,8 +133,10 @@ def _status(field: str) -> int:
 
 
 def _die_with_parent() -> None:
-    """Ask Linux to end this child when the worker that started it dies (a worker SIGKILLed
-    would otherwise leave its build running, bounded only by the CPU limit)."""
+    """Ask Linux to end this child when the worker that started it dies.
+
+    A worker SIGKILLed would otherwise leave its build running, bounded only by the CPU limit.
+    """
     try:
         import ctypes
         import signal

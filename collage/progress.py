@@ -79,6 +79,8 @@ class Reporter:
         self._loop = asyncio.get_running_loop()
         self._latest: str | None = None
         self._changed = asyncio.Event()
+        self._written = asyncio.Event()  # set while every step reported so far is written
+        self._written.set()
         self._writer = asyncio.ensure_future(self._write_changes())
 
     def say(self, step: str) -> None:
@@ -89,8 +91,11 @@ class Reporter:
         """Report a last step and wait until it is written."""
         if step is not None:
             self._set(step)
-        while self._changed.is_set() and not self._writer.done():
-            await asyncio.sleep(0.01)
+        written = asyncio.ensure_future(self._written.wait())
+        try:  # the writer ends only when closed, or on a bug: never wait on it then
+            await asyncio.wait({self._writer, written}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            written.cancel()
 
     async def close(self) -> None:
         """Stop writing."""
@@ -100,6 +105,7 @@ class Reporter:
 
     def _set(self, step: str) -> None:
         self._latest = step
+        self._written.clear()
         self._changed.set()
 
     async def _write_changes(self) -> None:
@@ -115,6 +121,7 @@ class Reporter:
                 )
             if self._latest == step:
                 self._changed.clear()
+                self._written.set()
 
     async def _write(self, step: str) -> None:
         async with self._connect() as conn:

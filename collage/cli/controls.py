@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import getpass
 import os
 import socket
@@ -50,9 +51,31 @@ def sku_filters(*, errors: bool) -> Callable[[F], F]:
                     help="Only errors matching this SQL LIKE pattern (% and _), any case.",
                 ),
             ]
+
+        @functools.wraps(func)
+        def with_filter(
+            brand: str | None,
+            ids: tuple[int, ...],
+            older_than: timedelta | None,
+            limit: int | None,
+            error_like: str | None = None,
+            error_pattern: str | None = None,
+            **rest: Any,
+        ) -> Any:
+            where = controls.SkuFilter(
+                brand=brand,
+                ids=ids,
+                error_like=error_like,
+                error_pattern=error_pattern,
+                older_than=older_than,
+                limit=limit,
+            )
+            return func(where=where, **rest)
+
+        wrapped: Any = with_filter
         for option in reversed(options):
-            func = option(func)
-        return func
+            wrapped = option(wrapped)
+        return wrapped  # type: ignore[no-any-return]
 
     return decorate
 
@@ -66,26 +89,8 @@ def operator() -> str:
 @sku_filters(errors=True)
 @click.option("--cancelled", is_flag=True, help="Requeue cancelled SKUs instead of errored ones.")
 @database_errors
-def requeue_command(
-    brand: str | None,
-    ids: tuple[int, ...],
-    older_than: timedelta | None,
-    limit: int | None,
-    dry_run: bool,
-    yes: bool,
-    error_like: str | None,
-    error_pattern: str | None,
-    cancelled: bool,
-) -> None:
+def requeue_command(where: controls.SkuFilter, dry_run: bool, yes: bool, cancelled: bool) -> None:
     """Put errored (or cancelled) SKUs back in the queue: they become 'uploaded' and are queued."""
-    where = controls.SkuFilter(
-        brand=brand,
-        ids=ids,
-        error_like=error_like,
-        error_pattern=error_pattern,
-        older_than=older_than,
-        limit=limit,
-    )
     status = "cancelled" if cancelled else "error"
     settings = load_settings()
     with inspection.connect(settings.db_url) as conn:
@@ -111,19 +116,11 @@ def requeue_command(
 @click.command("cancel")
 @sku_filters(errors=False)
 @database_errors
-def cancel_command(
-    brand: str | None,
-    ids: tuple[int, ...],
-    older_than: timedelta | None,
-    limit: int | None,
-    dry_run: bool,
-    yes: bool,
-) -> None:
+def cancel_command(where: controls.SkuFilter, dry_run: bool, yes: bool) -> None:
     """Cancel waiting builds: the SKUs become 'cancelled' (running builds finish).
 
     `collage requeue --cancelled` queues them again.
     """
-    where = controls.SkuFilter(brand=brand, ids=ids, older_than=older_than, limit=limit)
     settings = load_settings()
     with inspection.connect(settings.db_url) as conn:
         rows = controls.waiting(conn, where)

@@ -145,7 +145,7 @@ def test_a_child_that_dies_fails_its_own_job_only(
     slow = scan_bomb(6000, 6000, repeats=300)  # seconds to decode: time to kill it mid-way
     with Builder(limits=Limits(max_scans=10**6), processes=2) as builder:
         still_builds(builder)
-        victim_thread, victim = _build_in_thread(builder, [jpeg(40, 30), slow])
+        victim_thread, victim = _build_in_thread(builder, [jpeg(40, 6000), slow])
         pid = _busy_child()
         bystander_thread, bystander = _build_in_thread(builder, [noisy_jpeg(2000, 3000)])
         os.kill(pid, sig)
@@ -165,7 +165,7 @@ def test_a_child_that_hangs_is_stopped_at_the_wall_clock_limit() -> None:
     slow = scan_bomb(6000, 6000, repeats=300)
     with Builder(limits=Limits(max_scans=10**6), budget=Budget(wall_s=2), processes=1) as builder:
         still_builds(builder)
-        thread, outcome = _build_in_thread(builder, [jpeg(40, 30), slow])
+        thread, outcome = _build_in_thread(builder, [jpeg(40, 6000), slow])
         pid = _busy_child()
         os.kill(pid, signal.SIGSTOP)  # alive, spending nothing: only the wall clock can tell
         thread.join(30)

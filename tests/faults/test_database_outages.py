@@ -180,8 +180,8 @@ def test_a_query_killed_in_flight_does_not_lose_the_sku(
             fdb.rows("UPDATE raw_products SET image_status = 'uploaded' WHERE id = %s", [pid])
             fdb.rows("ALTER TABLE raw_products ENABLE TRIGGER USER")
             locker.execute("LOCK TABLE raw_products IN ACCESS EXCLUSIVE MODE")
-            # Its generation given: collage_enqueue would otherwise read it from the locked row.
-            fdb.rows("SELECT collage_enqueue(%s, 0, NULL, 0)", [pid])
+            # Its generation and brand given: collage_enqueue would otherwise read the locked row.
+            fdb.rows("SELECT collage_enqueue(%s, 0, NULL, 0, 'faults')", [pid])
         else:
             # The table is locked while the build downloads: its final write waits.
             fdb.rows("UPDATE raw_products SET image_status = 'uploaded' WHERE id = %s", [pid])
