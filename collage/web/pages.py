@@ -1,0 +1,137 @@
+"""The console's pages: the overview, a SKU, search, the gallery, and /healthz.
+
+Plain functions: Starlette runs them in its thread pool, where the synchronous queries of
+collage.inspection belong. Each page makes a few bounded queries (bin/bench-pipeline --console).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import psycopg
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
+
+from collage import inspection
+from collage.errors import CollageError
+from collage.web import chart, thumbnails
+
+logger = logging.getLogger(__name__)
+GALLERY_STRIP = 12  # latest collages on the overview
+GALLERY_PAGE = 48
+
+
+def overview(request: Request) -> Response:
+    """The page an operator leaves open: the queue, its last day, its errors, its latest work."""
+    console = request.app.state.console
+    with console.db() as conn:
+        summary = inspection.summary(conn)
+        hours = inspection.throughput(conn)
+        groups = inspection.error_groups(conn)
+        collages = inspection.latest_collages(conn, limit=GALLERY_STRIP)
+    return console.render(
+        request,
+        "overview.html",
+        {
+            "summary": summary,
+            "chart": chart.throughput(hours),
+            "groups": groups,
+            "collages": [_with_preview(row) for row in collages],
+        },
+    )
+
+
+def search(request: Request) -> Response:
+    """Find SKUs by id, BRAND/EXTERNAL_ID or external_id; one match opens its page."""
+    console = request.app.state.console
+    text = request.query_params.get("q", "").strip()[:200]
+    rows = []
+    if text:
+        with console.db() as conn:
+            rows = inspection.search_products(conn, text)
+    if len(rows) == 1:
+        return RedirectResponse(f"/sku/{rows[0]['product_id']}", status_code=303)
+    return console.render(request, "search.html", {"q": text, "rows": rows})
+
+
+def sku(request: Request) -> Response:
+    """One SKU: its photos and collage as previews, its row, its jobs and its outcomes."""
+    console = request.app.state.console
+    product_id = request.path_params["product_id"]
+    with console.db() as conn:
+        row = inspection.product(conn, product_id)
+        if row is None:
+            return console.render(
+                request, "search.html", {"q": str(product_id), "rows": []}, status=404
+            )
+        jobs = inspection.history(conn, product_id)
+        outcomes = inspection.outcomes_of(conn, product_id)
+    return console.render(
+        request,
+        "sku.html",
+        {
+            "sku": row,
+            "photos": _photos(console, row),
+            "collage": _with_preview(row) if row["image_status"] == "collage_ready" else None,
+            "jobs": jobs,
+            "outcomes": outcomes,
+        },
+    )
+
+
+def gallery(request: Request) -> Response:
+    """The latest collages, large enough to check panels are upright, in order, colour-true."""
+    console = request.app.state.console
+    before = request.query_params.get("before", "")
+    with console.db() as conn:
+        rows = inspection.latest_collages(
+            conn,
+            limit=GALLERY_PAGE,
+            before=int(before) if before.isdigit() and len(before) < 19 else None,
+        )
+    return console.render(
+        request,
+        "gallery.html",
+        {
+            "collages": [_with_preview(row) for row in rows],
+            "older": rows[-1]["outcome_id"] if len(rows) == GALLERY_PAGE else None,
+        },
+    )
+
+
+def healthz(request: Request) -> Response:
+    """200 when the database answers, 503 when it does not."""
+    console = request.app.state.console
+    try:
+        with console.db() as conn:
+            inspection.ping(conn)
+    except (psycopg.Error, TimeoutError) as exc:  # the pool says PoolTimeout, a TimeoutError
+        logger.warning("console health check failed", extra={"error": type(exc).__name__})
+        return PlainTextResponse("database unavailable\n", status_code=503)
+    return PlainTextResponse("ok\n", headers={"cache-control": "no-store"})
+
+
+def _with_preview(row: dict[str, Any]) -> dict[str, Any]:
+    return {**row, "preview": thumbnails.url(row, "collage")}
+
+
+def _photos(console: Any, row: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each photo URL of the row, with its key and preview, or why it is never fetched."""
+    urls = row["image_urls"] if isinstance(row["image_urls"], list) else []
+    photos = []
+    for index, url in enumerate(urls[: thumbnails.MAX_PHOTOS], start=1):
+        try:
+            key, refused = console.previews.bucket.key_for(url), None
+        except CollageError as exc:
+            key, refused = None, exc.message
+        photos.append(
+            {
+                "index": index,
+                "url": url,
+                "key": key,
+                "refused": refused,
+                "preview": thumbnails.url(row, f"photo-{index}") if key else None,
+            }
+        )
+    return photos
