@@ -63,9 +63,10 @@ RUN /opt/collage/bin/pip install -q --no-deps --no-index --no-cache-dir \
 
 USER collage
 # Exec form: the worker is PID 1, so SIGTERM from `docker stop` reaches it directly; it lets
-# running builds finish for 60 s (--graceful-timeout, collage.constants.GRACEFUL_TIMEOUT_S) and
-# exits. Give `docker stop` longer than that: compose's stop_grace_period is 90 s; with plain
-# `docker run`, pass --stop-timeout 90 (Docker's default is 10 s, then SIGKILL).
+# running builds finish for 60 s (--graceful-timeout, collage.constants.GRACEFUL_TIMEOUT_S), an
+# upload in flight gets 30 s more, and it exits (collage.constants.DRAIN_S, 100 s at most).
+# Give `docker stop` longer than that: compose's stop_grace_period is 110 s; with plain
+# `docker run`, pass --stop-timeout 110 (Docker's default is 10 s, then SIGKILL).
 ENTRYPOINT ["collage"]
 CMD ["worker"]
 

@@ -48,7 +48,11 @@ def backoff_s(attempt: int) -> float:
 
 @app.task(name=BUILD_TASK, queue=QUEUE, pass_context=True)
 async def build(
-    context: JobContext, product_id: int, attempt: int = 0, generation: int | None = None
+    context: JobContext,
+    product_id: int,
+    attempt: int = 0,
+    generation: int | None = None,
+    brand: str | None = None,  # carried for pauses and fair shares (migrations/008)
 ) -> str:
     """Build, publish and record one generation of a SKU's collage; return what happened.
 
@@ -66,6 +70,14 @@ async def build(
     if generation is not None and product.generation != generation:
         # A newer upload came after this job was queued; its own job is waiting.
         return _skip(product_id, started, status=f"generation {product.generation}")
+    if product.paused:
+        # Paused while this job was being fetched: it waits with the others until resumed.
+        await retry_db(
+            lambda: hand_over(context, product.id, log=False),
+            product_id=product.id,
+            step="hold the SKU back",
+        )
+        return _skip(product_id, started, status="paused")
     reporter = progress.Reporter(
         lambda: connection(context), product_id=product.id, generation=product.generation
     )
@@ -214,12 +226,13 @@ async def fail(
     return outcome
 
 
-async def hand_over(context: JobContext, product_id: int) -> None:
+async def hand_over(context: JobContext, product_id: int, *, log: bool = True) -> None:
     """Queue an interrupted SKU again for whichever worker is next."""
     async with connection(context) as conn:
         await products.enqueue(conn, product_id)
-    _log("collage interrupted; queued again", product_id, outcome="interrupted")
-    metrics.record_outcome("interrupted", duration_s=0.0)
+    if log:
+        _log("collage interrupted; queued again", product_id, outcome="interrupted")
+        metrics.record_outcome("interrupted", duration_s=0.0)
 
 
 def report(

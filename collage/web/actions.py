@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from collage import inspection
+from collage import controls, inspection
 from collage.web import auth
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ async def requeue(request: Request) -> Response:
     def run() -> tuple[int, int]:
         with console.db() as conn:
             chosen = ids if ids else inspection.errored_of_class(conn, scope["error_class"])
-            return len(chosen), sum(inspection.requeue(conn, chosen))
+            return len(chosen), sum(controls.requeue(conn, chosen))
 
     selected, done = await run_in_threadpool(run)
     _log(request, "requeue", who=auth.who(request), selected=selected, count=done, **scope)

@@ -27,7 +27,7 @@ HARDENED = (
     "--cap-drop",
     "ALL",
     "--stop-timeout",
-    "90",
+    "110",  # longer than collage.constants.DRAIN_S
 )
 
 

@@ -12,7 +12,7 @@ import yaml
 from click.testing import CliRunner
 
 from collage.cli import main
-from collage.constants import GRACEFUL_TIMEOUT_S, STALLED_WORKER_S
+from collage.constants import DRAIN_S, STALLED_WORKER_S
 from tests.containers import engine
 
 ROOT = engine.ROOT
@@ -100,7 +100,7 @@ def test_compose_production_shape() -> None:
     assert worker["deploy"]["resources"]["reservations"]["memory"] == "1g"
     grace = int(worker["stop_grace_period"].rstrip("s"))
     assert worker["command"] == ["worker"]  # the drain is --graceful-timeout's default
-    assert GRACEFUL_TIMEOUT_S < grace <= STALLED_WORKER_S
+    assert DRAIN_S < grace < STALLED_WORKER_S
     assert_collage_command(worker["command"])
     assert worker["healthcheck"]["test"][1:] == ["collage", "health"]
     assert worker["read_only"] is True
