@@ -181,62 +181,83 @@ def throughput(conn: psycopg.Connection[Row], *, hours: int = 24) -> list[Row]:
     ).fetchall()
 
 
-def error_groups(conn: psycopg.Connection[Row], *, examples: int = 3) -> list[Row]:
-    """SKUs in 'error' grouped by the class of their last error, largest group first.
+# Each SKU that failed, with the class of its last failure: in 'error' (its last error), or
+# 'uploaded' with a retry waiting its back-off (its last retry; paused builds are not retries).
+_FAILED = """
+    SELECT p.id, p.brand, p.external_id, p.error_message AS message, p.updated_at AS at,
+           'error' AS state, coalesce(o.error_class, 'unknown') AS error_class
+      FROM raw_products p
+      LEFT JOIN LATERAL (
+            SELECT o.error_class FROM collage_outcomes o
+             WHERE o.product_id = p.id AND o.outcome = 'error'
+             ORDER BY o.finished_at DESC LIMIT 1
+      ) o ON true
+     WHERE p.image_status = 'error'
+    UNION ALL
+    SELECT p.id, p.brand, p.external_id, o.message, coalesce(o.finished_at, p.updated_at),
+           'retrying', coalesce(o.error_class, 'unknown')
+      FROM procrastinate_jobs j
+      JOIN raw_products p
+        ON p.id = (j.args ->> 'product_id')::bigint AND p.image_status = 'uploaded'
+      LEFT JOIN LATERAL (
+            SELECT o.error_class, o.message, o.finished_at FROM collage_outcomes o
+             WHERE o.product_id = p.id AND o.outcome = 'retry'
+             ORDER BY o.finished_at DESC LIMIT 1
+      ) o ON true
+     WHERE j.queue_name = %(queue)s AND j.status = 'todo' AND j.task_name = %(task)s
+       AND j.scheduled_at > now() AND j.scheduled_at <> 'infinity'
+"""
 
-    Each group has its count, its oldest and newest failure and a few example SKUs (the latest).
+
+def error_groups(conn: psycopg.Connection[Row], *, examples: int = 3) -> list[Row]:
+    """Failed SKUs grouped by the class of their last failure, largest group first.
+
+    Each group counts its SKUs in 'error' and those waiting for a retry, says since when, and
+    shows a few examples (the latest failures).
     """
     with _bounded(conn):
         return conn.execute(
-            """
-        WITH failed AS (
-            SELECT p.id, p.brand, p.external_id, p.error_message, p.updated_at,
-                   coalesce(o.error_class, 'unknown') AS error_class
-              FROM raw_products p
-              LEFT JOIN LATERAL (
-                    SELECT o.error_class FROM collage_outcomes o
-                     WHERE o.product_id = p.id AND o.outcome = 'error'
-                     ORDER BY o.finished_at DESC LIMIT 1
-              ) o ON true
-             WHERE p.image_status = 'error'
-        ), ranked AS (
-            SELECT *, row_number() OVER (PARTITION BY error_class ORDER BY updated_at DESC, id)
-                          AS n,
-                      count(*) OVER (PARTITION BY error_class) AS skus,
-                      min(updated_at) OVER (PARTITION BY error_class) AS oldest
-              FROM failed
-        )
-        SELECT error_class, skus, oldest, max(updated_at) AS newest,
-               jsonb_agg(jsonb_build_object('product_id', id, 'brand', brand,
-                                            'external_id', external_id,
-                                            'error_message', error_message) ORDER BY n)
-                   AS examples
-          FROM ranked WHERE n <= %(examples)s
-         GROUP BY error_class, skus, oldest
-         ORDER BY skus DESC, error_class
-        """,
-            {"examples": examples},
+            f"""
+            WITH failed AS ({_FAILED}), ranked AS (
+                SELECT *,
+                       row_number() OVER (PARTITION BY error_class ORDER BY at DESC, id) AS n,
+                       count(*) FILTER (WHERE state = 'error')
+                           OVER (PARTITION BY error_class) AS errored,
+                       count(*) FILTER (WHERE state = 'retrying')
+                           OVER (PARTITION BY error_class) AS retrying,
+                       min(at) OVER (PARTITION BY error_class) AS oldest
+                  FROM failed
+            )
+            SELECT error_class, errored, retrying, oldest, max(at) AS newest,
+                   jsonb_agg(jsonb_build_object('product_id', id, 'brand', brand,
+                                                'external_id', external_id, 'state', state,
+                                                'message', message) ORDER BY n) AS examples
+              FROM ranked WHERE n <= %(examples)s
+             GROUP BY error_class, errored, retrying, oldest
+             ORDER BY errored + retrying DESC, error_class
+            """,
+            {"examples": examples, "queue": QUEUE, "task": BUILD_TASK},
         ).fetchall()
 
 
-def errored_of_class(
-    conn: psycopg.Connection[Row], error_class: str, *, limit: int | None = None
+def failed_of_class(
+    conn: psycopg.Connection[Row], error_class: str, *, state: str, limit: int | None = None
 ) -> list[int]:
-    """The ids of the SKUs in 'error' whose last error is of this class ('unknown': none)."""
+    """The SKUs of one error group, oldest failure first: 'error' ones or 'retrying' ones."""
     with _bounded(conn):
         rows = conn.execute(
-            """
-        SELECT p.id FROM raw_products p
-          LEFT JOIN LATERAL (
-                SELECT o.error_class FROM collage_outcomes o
-                 WHERE o.product_id = p.id AND o.outcome = 'error'
-                 ORDER BY o.finished_at DESC LIMIT 1
-          ) o ON true
-         WHERE p.image_status = 'error' AND coalesce(o.error_class, 'unknown') = %(class)s
-         ORDER BY p.updated_at, p.id
-         LIMIT %(limit)s
-        """,
-            {"class": error_class, "limit": limit},
+            f"""
+            SELECT id FROM ({_FAILED}) failed
+             WHERE error_class = %(class)s AND state = %(state)s
+             ORDER BY at, id LIMIT %(limit)s
+            """,
+            {
+                "class": error_class,
+                "state": state,
+                "limit": limit,
+                "queue": QUEUE,
+                "task": BUILD_TASK,
+            },
         ).fetchall()
     return [int(row["id"]) for row in rows]
 

@@ -1,8 +1,8 @@
-"""What an unlocked console may do: requeue (and, with the queue's controls, cancel, pause).
+"""What an unlocked console may do: requeue, cancel, pause and resume.
 
-Every action is a POST from one of the console's forms (auth.checked_form), is carried out
-by collage.inspection, is logged as one JSON line (who, what, how many, from where) and sends
-the browser back to the page it came from, with one line saying what happened.
+Every action is a POST from one of the console's forms (auth.checked_form), is carried out by
+collage.controls (what the CLI's commands call), is logged as one JSON line (who, what, how
+many, from where) and sends the browser back to its page, with one line saying what happened.
 """
 
 from __future__ import annotations
@@ -46,19 +46,74 @@ async def lock(request: Request) -> Response:
 
 
 async def requeue(request: Request) -> Response:
-    """Set errored SKUs back to 'uploaded': those named, or every one of an error class."""
+    """Put SKUs back in the queue: those named (errored or cancelled), or an error group's."""
     form = await auth.checked_form(request)
     ids, scope = _selection(form)
+    status = "cancelled" if form.get("status") == "cancelled" else "error"
     console = request.app.state.console
 
     def run() -> tuple[int, int]:
         with console.db() as conn:
-            chosen = ids if ids else inspection.errored_of_class(conn, scope["error_class"])
-            return len(chosen), sum(controls.requeue(conn, chosen))
+            chosen = ids or inspection.failed_of_class(conn, scope["error_class"], state="error")
+            return len(chosen), sum(controls.requeue(conn, chosen, status=status))
 
     selected, done = await run_in_threadpool(run)
     _log(request, "requeue", who=auth.who(request), selected=selected, count=done, **scope)
     return _back(request, form, f"requeued {done} of {selected} SKU(s) selected")
+
+
+async def cancel(request: Request) -> Response:
+    """Cancel waiting builds: those of the SKUs named, or of an error group's retries."""
+    form = await auth.checked_form(request)
+    ids, scope = _selection(form)
+    console = request.app.state.console
+    by = _by(request)
+
+    def run() -> tuple[int, int]:
+        with console.db() as conn:
+            chosen = ids or inspection.failed_of_class(conn, scope["error_class"], state="retrying")
+            return len(chosen), sum(controls.cancel(conn, chosen, by=by))
+
+    selected, done = await run_in_threadpool(run)
+    _log(request, "cancel", who=auth.who(request), selected=selected, count=done, **scope)
+    return _back(request, form, f"cancelled the builds of {done} of {selected} SKU(s) selected")
+
+
+async def pause(request: Request) -> Response:
+    """Pause building one brand, or every brand when none is given."""
+    form = await auth.checked_form(request)
+    brand = str(form.get("brand") or "").strip()[:50] or None
+    reason = str(form.get("reason") or "").strip()[:200] or None
+    console = request.app.state.console
+    by = _by(request)
+
+    def run() -> int:
+        with console.db() as conn:
+            return controls.pause(conn, brand, by=by, reason=reason)
+
+    held = await run_in_threadpool(run)
+    scope = brand or controls.EVERYTHING
+    _log(request, "pause", who=auth.who(request), scope=scope, reason=reason, count=held)
+    what = f"brand {brand}" if brand else "every brand"
+    return _back(request, form, f"paused {what}: {held} waiting build(s) held back")
+
+
+async def resume(request: Request) -> Response:
+    """End one pause (a brand's, or '*' for the pause of every brand)."""
+    form = await auth.checked_form(request)
+    scope = str(form.get("scope") or "").strip()[:50]
+    if not scope:
+        raise auth.Refused(400, "name the pause to end: a brand, or * for every brand")
+    console = request.app.state.console
+    brand = None if scope == controls.EVERYTHING else scope
+
+    def run() -> int:
+        with console.db() as conn:
+            return controls.resume(conn, brand)
+
+    due = await run_in_threadpool(run)
+    _log(request, "resume", who=auth.who(request), scope=scope, count=due)
+    return _back(request, form, f"resumed {scope}: {due} build(s) due again")
 
 
 def _selection(form: Any) -> tuple[list[int], dict[str, Any]]:
@@ -73,6 +128,11 @@ def _selection(form: Any) -> tuple[list[int], dict[str, Any]]:
     if isinstance(error_class, str) and 0 < len(error_class) <= 100:
         return [], {"error_class": error_class}
     raise auth.Refused(400, "name the SKUs: product_id or error_class")
+
+
+def _by(request: Request) -> str:
+    """Who acts, as the record names them (the cancelled SKUs' message, the pause's row)."""
+    return f"{auth.who(request)} (web console)"
 
 
 def _back(request: Request, form: Any, message: str) -> Response:

@@ -11,7 +11,7 @@ from typing import Any
 import jinja2
 import psycopg
 from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
@@ -117,6 +117,9 @@ def create_app(settings: Settings, *, previews: thumbnails.Previews | None = Non
             Route("/unlock", actions.unlock, methods=["POST"]),
             Route("/lock", actions.lock, methods=["POST"]),
             Route("/actions/requeue", actions.requeue, methods=["POST"]),
+            Route("/actions/cancel", actions.cancel, methods=["POST"]),
+            Route("/actions/pause", actions.pause, methods=["POST"]),
+            Route("/actions/resume", actions.resume, methods=["POST"]),
             Mount("/static", StaticFiles(packages=[("collage.web", "static")]), name="static"),
         ],
         middleware=[
@@ -129,7 +132,11 @@ def create_app(settings: Settings, *, previews: thumbnails.Previews | None = Non
                 same_site="strict",
             ),
         ],
-        exception_handlers={auth.Refused: actions.refused},
+        exception_handlers={
+            auth.Refused: actions.refused,
+            psycopg.OperationalError: pages.unavailable,
+            PoolTimeout: pages.unavailable,
+        },
         lifespan=lifespan,
     )
     app.state.console = console

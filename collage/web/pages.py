@@ -13,7 +13,7 @@ import psycopg
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 
-from collage import inspection
+from collage import controls, inspection
 from collage.errors import CollageError
 from collage.web import chart, thumbnails
 
@@ -30,6 +30,7 @@ def overview(request: Request) -> Response:
         hours = inspection.throughput(conn)
         groups = inspection.error_groups(conn)
         collages = inspection.latest_collages(conn, limit=GALLERY_STRIP)
+        paused = controls.pauses(conn)
     return console.render(
         request,
         "overview.html",
@@ -37,6 +38,7 @@ def overview(request: Request) -> Response:
             "summary": summary,
             "chart": chart.throughput(hours),
             "groups": groups,
+            "pauses": paused,
             "collages": [_with_preview(row) for row in collages],
         },
     )
@@ -110,6 +112,14 @@ def healthz(request: Request) -> Response:
         logger.warning("console health check failed", extra={"error": type(exc).__name__})
         return PlainTextResponse("database unavailable\n", status_code=503)
     return PlainTextResponse("ok\n", headers={"cache-control": "no-store"})
+
+
+def unavailable(request: Request, exc: Exception) -> Response:
+    """Answer 503, with a page saying so, while the database cannot be reached."""
+    logger.warning("console: database unavailable", extra={"error": type(exc).__name__})
+    console = request.app.state.console
+    reason = "the database does not answer; this page will work again once it does"
+    return console.render(request, "refused.html", {"status": 503, "reason": reason}, status=503)
 
 
 def _with_preview(row: dict[str, Any]) -> dict[str, Any]:
