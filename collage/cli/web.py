@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import click
 
 from collage.cli.common import load_settings
@@ -21,6 +23,8 @@ def web_command(host: str | None, port: int | None) -> None:
 
     settings = load_settings()
     app = create_app(settings)
+    for name in ("uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).addFilter(_plain)
     # log_config=None: uvicorn's lines go through the logging `collage` configured (JSON).
     uvicorn.run(
         app,
@@ -31,3 +35,9 @@ def web_command(host: str | None, port: int | None) -> None:
         server_header=False,
         timeout_graceful_shutdown=10,
     )
+
+
+def _plain(record: logging.LogRecord) -> bool:
+    """Drop the copy of the message uvicorn colours for terminals: JSON logs would carry it."""
+    record.__dict__.pop("color_message", None)
+    return True

@@ -53,9 +53,9 @@ class Console:
     templates: Jinja2Templates
 
     @contextlib.contextmanager
-    def db(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+    def db(self, *, wait_s: float = POOL_WAIT_S) -> Iterator[psycopg.Connection[dict[str, Any]]]:
         """Lend a pooled autocommit connection whose rows are dicts."""
-        with self.pool.connection(timeout=POOL_WAIT_S) as conn:
+        with self.pool.connection(timeout=wait_s) as conn:
             yield conn
 
     @property

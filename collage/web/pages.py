@@ -20,6 +20,7 @@ from collage.web import chart, thumbnails
 logger = logging.getLogger(__name__)
 GALLERY_STRIP = 12  # latest collages on the overview
 GALLERY_PAGE = 48
+HEALTH_WAIT_S = 2.0  # a health check answers quickly, whatever the database does
 
 
 def overview(request: Request) -> Response:
@@ -106,7 +107,7 @@ def healthz(request: Request) -> Response:
     """200 when the database answers, 503 when it does not."""
     console = request.app.state.console
     try:
-        with console.db() as conn:
+        with console.db(wait_s=HEALTH_WAIT_S) as conn:
             inspection.ping(conn)
     except (psycopg.Error, TimeoutError) as exc:  # the pool says PoolTimeout, a TimeoutError
         logger.warning("console health check failed", extra={"error": type(exc).__name__})

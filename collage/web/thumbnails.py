@@ -108,13 +108,13 @@ class Previews:
         photo_url = row["image_urls"][index - 1]
         try:
             key = self.bucket.key_for(photo_url)
-            label = f"photo {index} ({key})"
             data = self.bucket.get(key, max_bytes=MAX_OBJECT_BYTES)
             # The worker's own path: a one-photo "collage" at the photo's size, built in a
             # bounded child; what comes back is a plain sRGB JPEG, upright.
-            upright = self._decoder().build([data], quality=90, names=[label]).jpeg
+            upright = self._decoder().build([data], quality=90, names=[key]).jpeg
         except CollageError as exc:
-            raise _refusal(exc) from None
+            # The child saw one photo: name it by its place in the SKU, as the worker does.
+            raise _refusal(exc, photo=index) from None
         with Image.open(io.BytesIO(upright), formats=["JPEG"]) as image:
             return _shrink(image, PHOTO_BOX)
 
@@ -173,12 +173,15 @@ def _index(which: str, row: dict[str, Any]) -> int:
     raise PreviewError(404, f"this SKU has no {which[:20]!r}")
 
 
-def _refusal(exc: CollageError) -> PreviewError:
+def _refusal(exc: CollageError, *, photo: int = 1) -> PreviewError:
+    message = exc.message
+    if photo != 1 and message.startswith("photo 1 ("):
+        message = f"photo {photo} (" + message.removeprefix("photo 1 (")
     if isinstance(exc, OriginalMissing):
-        return PreviewError(404, exc.message)
+        return PreviewError(404, message)
     if isinstance(exc, Transient):
-        return PreviewError(503, exc.message)
-    return PreviewError(422, exc.message)
+        return PreviewError(503, message)
+    return PreviewError(422, message)
 
 
 def _fit(size: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:
@@ -202,18 +205,22 @@ def _srgb() -> ImageCms.ImageCmsProfile:
 
 def _placeholder(error: PreviewError) -> Response:
     """A small image saying why there is no preview, so the page shows the reason in place."""
-    text = escape(error.message if len(error.message) <= 90 else error.message[:87] + "...")
+    words, lines = error.message.split(), [""]
+    for word in words:  # SVG text does not wrap: three lines of 70 characters at most
+        if lines[-1] and len(lines[-1]) + len(word) >= 70:
+            lines.append("")
+        lines[-1] = f"{lines[-1]} {word}".strip()
+    if len(lines) > 3:
+        lines = [*lines[:2], lines[2][:66] + " ..."]
+    text = "".join(
+        f'<text x="10" y="{50 + 18 * n}" font-size="12" fill="#333">{escape(line)}</text>'
+        for n, line in enumerate(lines[:3])
+    )
     svg = (
-        '<svg xmlns="http://www.w3.org/2000/svg" width="480" height="120" viewBox="0 0 480 120">'
-        '<rect width="480" height="120" fill="#fbeaea" stroke="#c33"/>'
-        f'<text x="10" y="30" font-family="sans-serif" font-size="14" fill="#c33">'
-        f"no preview ({error.status})</text>"
-        f'<text x="10" y="60" font-family="sans-serif" font-size="11" fill="#333">{text}</text>'
-        "</svg>"
+        '<svg xmlns="http://www.w3.org/2000/svg" width="480" height="110" viewBox="0 0 480 110"'
+        ' font-family="sans-serif"><rect width="480" height="110" fill="#fbeaea" stroke="#c33"/>'
+        f'<text x="10" y="24" font-size="14" fill="#c33">no preview ({error.status})</text>'
+        f"{text}</svg>"
     )
-    return Response(
-        svg,
-        status_code=error.status,
-        media_type="image/svg+xml",
-        headers={"cache-control": "no-store"},
-    )
+    headers = {"cache-control": "no-store"}
+    return Response(svg, status_code=error.status, media_type="image/svg+xml", headers=headers)
