@@ -16,7 +16,7 @@ from importlib import resources
 import psycopg
 from starlette.testclient import TestClient
 
-from collage import inspection
+from collage import inspection, migrate
 from collage.settings import Settings
 from collage.web.app import create_app
 from dev import sandbox
@@ -196,10 +196,13 @@ def time_queries(dsn: str, *, rounds: int) -> dict[str, list[float]]:
     return timings
 
 
-def run(admin_dsn: str, template: str, *, skus: int, waiting: int, rounds: int) -> list[str]:
+def report(
+    admin_dsn: str, *, skus: int = 1_000_000, waiting: int = 100_000, rounds: int = 20
+) -> list[str]:
     """Seed, time every page without and with 009's indexes; return the Markdown report."""
-    dsn = sandbox.create_database(admin_dsn, template=template, prefix="collage_bench_console")
+    dsn = sandbox.create_database(admin_dsn, prefix="collage_bench_console")
     try:
+        migrate.apply(dsn)
         started = time.perf_counter()
         samples = seed(dsn, skus=skus, waiting=waiting, errors=skus // 100)
         seeded = time.perf_counter() - started

@@ -1,15 +1,20 @@
 """The console's pages: the overview, a SKU, search, the gallery, and /healthz.
 
-Plain functions: Starlette runs them in its thread pool, where the synchronous queries of
-collage.inspection belong. Each page makes a few bounded queries (bin/bench-pipeline --console).
+Plain functions but the overview: Starlette runs them in its thread pool, where the
+synchronous queries of collage.inspection belong. Each page makes a few bounded queries
+(bin/bench-pipeline --console times them).
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 
@@ -23,15 +28,28 @@ GALLERY_PAGE = 48
 HEALTH_WAIT_S = 2.0  # a health check answers quickly, whatever the database does
 
 
-def overview(request: Request) -> Response:
-    """The page an operator leaves open: the queue, its last day, its errors, its latest work."""
+async def overview(request: Request) -> Response:
+    """The page an operator leaves open: the queue, its last day, its errors, its latest work.
+
+    Its queries run at once, each on a connection of its own: the page takes as long as the
+    slowest (the queue summary), not as long as all of them.
+    """
     console = request.app.state.console
-    with console.db() as conn:
-        summary = inspection.summary(conn)
-        hours = inspection.throughput(conn)
-        groups = inspection.error_groups(conn)
-        collages = inspection.latest_collages(conn, limit=GALLERY_STRIP)
-        paused = controls.pauses(conn)
+
+    def read(*queries: Callable[[Any], Any]) -> list[Any]:
+        with console.db() as conn:
+            return [query(conn) for query in queries]
+
+    (summary,), (groups,), (hours, collages, paused) = await asyncio.gather(
+        run_in_threadpool(read, inspection.summary),
+        run_in_threadpool(read, inspection.error_groups),
+        run_in_threadpool(
+            read,
+            inspection.throughput,
+            functools.partial(inspection.latest_collages, limit=GALLERY_STRIP),
+            controls.pauses,
+        ),
+    )
     return console.render(
         request,
         "overview.html",
