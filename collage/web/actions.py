@@ -7,6 +7,7 @@ many, from where) and sends the browser back to its page, with one line saying w
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +21,7 @@ from collage.web import auth
 
 logger = logging.getLogger(__name__)
 MAX_IDS = 1000  # SKUs named one by one in one form
+WRONG_TOKEN_DELAY_S = 0.5
 
 
 async def unlock(request: Request) -> Response:
@@ -27,6 +29,7 @@ async def unlock(request: Request) -> Response:
     form = await auth.checked_form(request, unlocked=False)
     name = auth.valid_name(str(form.get("who") or ""))
     if not auth.token_matches(request, form.get("token")):
+        await asyncio.sleep(WRONG_TOKEN_DELAY_S)  # guessing takes time, and shows in the log
         raise auth.Refused(403, "wrong token")  # logged by refused()
     if name is None:
         raise auth.Refused(400, "give your name: 1-40 letters, digits, spaces or . @ + - _")

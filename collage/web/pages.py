@@ -25,6 +25,7 @@ from collage.web import chart, thumbnails
 logger = logging.getLogger(__name__)
 GALLERY_STRIP = 12  # latest collages on the overview
 GALLERY_PAGE = 48
+QUERY_S = 5.0  # the summary's statement timeout, as the failure groups bound their own
 HEALTH_WAIT_S = 2.0  # a health check answers quickly, whatever the database does
 
 
@@ -41,7 +42,7 @@ async def overview(request: Request) -> Response:
             return [query(conn) for query in queries]
 
     (summary,), (groups,), (hours, collages, paused) = await asyncio.gather(
-        run_in_threadpool(read, inspection.summary),
+        run_in_threadpool(read, functools.partial(inspection.summary, timeout_s=QUERY_S)),
         run_in_threadpool(read, inspection.error_groups),
         run_in_threadpool(
             read,

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx2
 import psycopg
 import pytest
 from PIL import Image
@@ -362,8 +363,6 @@ def test_the_collage_web_command_serves_the_console(settings: Settings, tmp_path
     log = (tmp_path / "web.log").open("w")
     server = subprocess.Popen([binary, "web"], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        import httpx2
-
         sandbox.wait_until(
             lambda: httpx2.get(f"http://127.0.0.1:{port}/healthz").status_code == 200,
             timeout=30,
