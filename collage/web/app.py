@@ -30,6 +30,7 @@ from collage.web import actions, auth, pages, thumbnails
 # Pages are read by one operator or a few: a handful of connections, never a pool's worth.
 POOL_MAX = 4
 POOL_WAIT_S = 5.0
+NO_STORE = {"cache-control": "no-store"}
 # The browser may run nothing but the console's own script, load nothing from elsewhere, and
 # show the console in no frame (clickjacking an unlocked session).
 SECURITY_HEADERS = {
@@ -73,8 +74,9 @@ class Console:
             "flash": request.session.pop("flash", None),
             "path": request.url.path + (f"?{request.url.query}" if request.url.query else ""),
         }
+        # Pages hold the session's CSRF token and the queue as it was: never kept by a cache.
         return self.templates.TemplateResponse(
-            request, name, {**base, **context}, status_code=status
+            request, name, {**base, **context}, status_code=status, headers=NO_STORE
         )
 
 

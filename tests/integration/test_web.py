@@ -345,6 +345,7 @@ def test_responses_carry_the_security_headers_and_redirects_stay_on_this_site(
     page = client.get("/")
     for name, value in SECURITY_HEADERS.items():
         assert page.headers[name] == value
+    assert page.headers["cache-control"] == "no-store"
     cookie = page.headers["set-cookie"].lower()
     assert "httponly" in cookie and "samesite=strict" in cookie
     csrf = csrf_of(page.text)
