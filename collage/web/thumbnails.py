@@ -205,21 +205,21 @@ def _srgb() -> ImageCms.ImageCmsProfile:
 
 def _placeholder(error: PreviewError) -> Response:
     """A small image saying why there is no preview, so the page shows the reason in place."""
-    words, lines = error.message.split(), [""]
-    for word in words:  # SVG text does not wrap: three lines of 70 characters at most
-        if lines[-1] and len(lines[-1]) + len(word) >= 70:
+    lines = [""]
+    for word in error.message.split():  # SVG text does not wrap: 5 lines of 44 characters
+        if lines[-1] and len(lines[-1]) + len(word) >= 44:
             lines.append("")
         lines[-1] = f"{lines[-1]} {word}".strip()
-    if len(lines) > 3:
-        lines = [*lines[:2], lines[2][:66] + " ..."]
+    if len(lines) > 5:
+        lines = [*lines[:4], lines[4][:40] + " ..."]
     text = "".join(
-        f'<text x="10" y="{50 + 18 * n}" font-size="12" fill="#333">{escape(line)}</text>'
-        for n, line in enumerate(lines[:3])
+        f'<text x="8" y="{42 + 16 * n}" font-size="12" fill="#333">{escape(line)}</text>'
+        for n, line in enumerate(lines)
     )
     svg = (
-        '<svg xmlns="http://www.w3.org/2000/svg" width="480" height="110" viewBox="0 0 480 110"'
-        ' font-family="sans-serif"><rect width="480" height="110" fill="#fbeaea" stroke="#c33"/>'
-        f'<text x="10" y="24" font-size="14" fill="#c33">no preview ({error.status})</text>'
+        '<svg xmlns="http://www.w3.org/2000/svg" width="300" height="130" viewBox="0 0 300 130"'
+        ' font-family="sans-serif"><rect width="300" height="130" fill="#fbeaea" stroke="#c33"/>'
+        f'<text x="8" y="20" font-size="13" fill="#c33">no preview ({error.status})</text>'
         f"{text}</svg>"
     )
     headers = {"cache-control": "no-store"}
