@@ -35,7 +35,7 @@ NO_STORE = {"cache-control": "no-store"}
 # show the console in no frame (clickjacking an unlocked session).
 SECURITY_HEADERS = {
     "content-security-policy": (
-        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self';"
+        "default-src 'self'; img-src 'self'; style-src 'self'; script-src 'self';"
         " form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
     ),
     "x-content-type-options": "nosniff",
@@ -46,7 +46,7 @@ SECURITY_HEADERS = {
 
 @dataclass
 class Console:
-    """What every handler uses: settings, the database pool, the bucket, previews, templates."""
+    """What every handler uses: the settings, the database pool, the previews, the templates."""
 
     settings: Settings
     pool: ConnectionPool
