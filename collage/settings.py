@@ -23,6 +23,9 @@ T = TypeVar("T")
 DEFAULT_BUCKET = "unde-images"
 DEFAULT_REGION = "us-east-1"
 DEFAULT_ORIGINALS_PREFIX = "originals/"
+DEFAULT_WEB_HOST = "127.0.0.1"
+DEFAULT_WEB_PORT = 8080
+MIN_WEB_TOKEN_CHARS = 16
 # libpq parameters whose values are secrets (passfile and sslkey name files, not secrets).
 SECRET_PARAMETERS = frozenset({"password", "sslpassword", "oauth_client_secret"})
 
@@ -47,6 +50,10 @@ class Settings:
     build_memory_mb: int = 1792
     temp_dir: Path = field(default_factory=lambda: _default_temp_dir())
     metrics_port: int | None = None
+    web_host: str = DEFAULT_WEB_HOST
+    web_port: int = DEFAULT_WEB_PORT
+    # Unlocks the console's actions; None: the console is read-only.
+    web_token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.s3_public_url:
@@ -79,6 +86,9 @@ class Settings:
             ),
             temp_dir=_optional(env, "TEMP_DIR", Path, None) or _default_temp_dir(),
             metrics_port=_optional(env, "METRICS_PORT", _int_between(1, 65535), None),
+            web_host=_optional(env, "WEB_HOST", _host, DEFAULT_WEB_HOST),
+            web_port=_optional(env, "WEB_PORT", _int_between(1, 65535), DEFAULT_WEB_PORT),
+            web_token=_optional(env, "WEB_TOKEN", _token, None),
         )
 
     def replace(self, **changes: object) -> Settings:
@@ -191,3 +201,16 @@ def _int_between(low: int, high: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def _host(raw: str) -> str:
+    if any(c.isspace() or c in "/[]@" for c in raw.strip("[]")):
+        raise ValueError(f"expected an address or host name such as 127.0.0.1, got {raw!r}")
+    return raw.strip("[]")
+
+
+def _token(raw: str) -> str:
+    # Whoever has it can requeue and cancel every SKU: it must not be guessable.
+    if len(raw) < MIN_WEB_TOKEN_CHARS:
+        raise ValueError(f"must be at least {MIN_WEB_TOKEN_CHARS} characters (it is {len(raw)})")
+    return raw

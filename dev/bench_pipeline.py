@@ -329,9 +329,19 @@ def paused_fetch_ms(dsn: str, rows: int) -> float:
 @click.option("--samples", type=click.IntRange(20), default=200, show_default=True)
 @click.option("--skus", type=click.IntRange(10), default=200, show_default=True)
 @click.option("--bulk-rows", type=click.IntRange(100), default=10_000, show_default=True)
-def main(samples: int, skus: int, bulk_rows: int) -> None:
+@click.option(
+    "--console",
+    is_flag=True,
+    help="Only the web console's page times, at 1,000,000 SKUs and 100,000 waiting jobs.",
+)
+def main(samples: int, skus: int, bulk_rows: int, console: bool) -> None:
     """Measure the pipeline and print a Markdown report."""
     admin = os.environ.get("BENCH_DATABASE_URL", LOCAL_DSN)
+    if console:
+        from dev import bench_console
+
+        click.echo("\n".join(bench_console.report(admin)))
+        return
     template = sandbox.create_database(admin, prefix="collage_bench_template")
     migrate.apply(template)
     template_name = str(psycopg.conninfo.conninfo_to_dict(template)["dbname"])

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import random
+import secrets
 import shutil
 import statistics
 import time
@@ -25,8 +26,10 @@ from PIL import Image, ImageChops
 
 from collage import logs, migrate
 from collage.settings import Settings
+from collage.web.app import create_app
 from collage.worker import supervise
 from dev import sandbox
+from dev.browser import Server, chromium, chromium_path
 from dev.photos import garment
 
 LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -139,6 +142,23 @@ async def _run(dsn: str, endpoint: str, output: Path, skus: list[Sku]) -> dict[s
         for key, data in sku.photos.items():
             client.put_object(Bucket=BUCKET, Key=key, Body=data)
 
+    # The web console on the run's database and bucket, for as long as the demo runs.
+    token = secrets.token_urlsafe(18)
+    console = Server(create_app(worker_settings.replace(web_token=token))).start()
+    click.echo(f"web console for this run: {console.url}/ (WEB_TOKEN {token})")
+    try:
+        result = await _build(dsn, worker_settings, skus, console_url=console.url, output=output)
+    finally:
+        console.stop()
+    write_gallery(output, client, skus, result["rows"], shots=result["shots"])  # type: ignore[arg-type]
+    return result
+
+
+async def _build(
+    dsn: str, worker_settings: Settings, skus: list[Sku], *, console_url: str, output: Path
+) -> dict[str, object]:
+    """Insert the SKUs as the downloader does, run the worker until every one has settled, and
+    take screenshots of the console before the worker stops."""
     stop = asyncio.Event()
     worker = asyncio.create_task(supervise(worker_settings, stop=stop))
     started = time.monotonic()
@@ -168,6 +188,8 @@ async def _run(dsn: str, endpoint: str, output: Path, skus: list[Sku]) -> dict[s
                 bar.update(now_done - done)
                 done = now_done
         elapsed = time.monotonic() - started
+        # Playwright's synchronous API may not run inside this event loop: a thread of its own.
+        shots = await asyncio.to_thread(screenshot_console, console_url, output)
         stop.set()
         await worker
         rows = conn.execute(
@@ -187,11 +209,36 @@ async def _run(dsn: str, endpoint: str, output: Path, skus: list[Sku]) -> dict[s
                 " WHERE d.type = 'deferred'"
             )
         ]
-    write_gallery(output, client, skus, rows)
-    return {"rows": rows, "durations": durations, "pickups": pickups, "elapsed": elapsed}
+    return {
+        "rows": rows,
+        "durations": durations,
+        "pickups": pickups,
+        "elapsed": elapsed,
+        "shots": shots,
+    }
 
 
-def write_gallery(output: Path, client: object, skus: list[Sku], rows: list[tuple]) -> None:
+def screenshot_console(url: str, output: Path) -> list[str]:
+    """Take screenshots of the console's overview and gallery with headless chromium."""
+    if chromium_path() is None:
+        click.echo("no chromium, so no screenshot of the console (bin/setup-browser installs it)")
+        return []
+    shots = []
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        for name, path in (("console.png", "/"), ("console-gallery.png", "/gallery")):
+            page.goto(f"{url}{path}", wait_until="networkidle")
+            # Previews below the fold load lazily: scroll to them, let them arrive.
+            page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+            page.wait_for_load_state("networkidle")
+            page.screenshot(path=str(output / name), full_page=True)
+            shots.append(name)
+    return shots
+
+
+def write_gallery(
+    output: Path, client: object, skus: list[Sku], rows: list[tuple], *, shots: list[str]
+) -> None:
     """Save photos and collages and an index.html showing each SKU's photos beside its collage."""
     by_id = {(s.brand, s.external_id): s for s in skus}
     cards = []
@@ -224,8 +271,20 @@ def write_gallery(output: Path, client: object, skus: list[Sku], rows: list[tupl
         "margin:1em 0;padding:1em;border-left:6px solid #3a3}section.error{border-color:#c33}"
         ".photos img{height:120px;margin-right:4px;border:1px solid #ddd}"
         "img.collage{max-width:100%;height:240px;border:1px solid #999}.error{color:#c33}"
+        "img.console{max-width:100%;border:1px solid #999}"
         "</style><h1>collage demo: photos of each SKU, and the collage the worker built</h1>"
+        + _console_links(shots)
         + "".join(cards)
+    )
+
+
+def _console_links(shots: list[str]) -> str:
+    if not shots:
+        return ""
+    links = " ".join(f'<a href="{name}">{name}</a>' for name in shots)
+    return (
+        f"<p>The web console (<code>collage web</code>) at the end of this run: {links}</p>"
+        f'<a href="{shots[0]}"><img class="console" src="{shots[0]}" alt="the web console"></a>'
     )
 
 

@@ -7,7 +7,7 @@ import logging
 import click
 
 from collage import logs
-from collage.cli import controls, service, skus
+from collage.cli import controls, service, skus, web
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -37,5 +37,6 @@ for command in (
     skus.jobs_command,
     skus.show_command,
     service.health_command,
+    web.web_command,
 ):
     main.add_command(command)

@@ -1,0 +1,1 @@
+"""The web console: one page an operator leaves open, and the few actions it allows."""

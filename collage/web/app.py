@@ -1,0 +1,209 @@
+"""The console's Starlette application: routes, middleware, templates and what handlers share."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jinja2
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool, PoolTimeout
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from collage import db
+from collage.settings import Settings
+from collage.storage import Bucket
+from collage.web import actions, auth, pages, thumbnails
+
+# Pages are read by one operator or a few: a handful of connections, never a pool's worth.
+POOL_MAX = 4
+POOL_WAIT_S = 5.0
+NO_STORE = {"cache-control": "no-store"}
+# The browser may run nothing but the console's own script, load nothing from elsewhere, and
+# show the console in no frame (clickjacking an unlocked session).
+SECURITY_HEADERS = {
+    "content-security-policy": (
+        "default-src 'self'; img-src 'self'; style-src 'self'; script-src 'self';"
+        " form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "same-origin",
+    "x-frame-options": "DENY",
+}
+
+
+@dataclass
+class Console:
+    """What every handler uses: the settings, the database pool, the previews, the templates."""
+
+    settings: Settings
+    pool: ConnectionPool
+    previews: thumbnails.Previews
+    templates: Jinja2Templates
+
+    @contextlib.contextmanager
+    def db(self, *, wait_s: float = POOL_WAIT_S) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+        """Lend a pooled autocommit connection whose rows are dicts."""
+        with self.pool.connection(timeout=wait_s) as conn:
+            yield conn
+
+    @property
+    def actions_enabled(self) -> bool:
+        return self.settings.web_token is not None
+
+    def render(
+        self, request: Request, name: str, context: dict[str, Any], *, status: int = 200
+    ) -> Response:
+        """Render a page with what every page shows: the session, its CSRF token, a message."""
+        base = {
+            "actions_enabled": self.actions_enabled,
+            "who": auth.who(request),
+            "csrf": auth.csrf_token(request),
+            "flash": request.session.pop("flash", None),
+            "path": request.url.path + (f"?{request.url.query}" if request.url.query else ""),
+        }
+        # Pages hold the session's CSRF token and the queue as it was: never kept by a cache.
+        return self.templates.TemplateResponse(
+            request, name, {**base, **context}, status_code=status, headers=NO_STORE
+        )
+
+
+def create_app(settings: Settings, *, previews: thumbnails.Previews | None = None) -> Starlette:
+    """Build the console for these settings; nothing connects until the app starts."""
+    pool = ConnectionPool(
+        settings.db_url,
+        kwargs={**db.OPTIONS, "autocommit": True, "row_factory": dict_row},
+        min_size=1,
+        max_size=POOL_MAX,
+        open=False,
+        check=ConnectionPool.check_connection,  # a connection the database dropped is replaced
+        name="collage-web",
+    )
+    console = Console(
+        settings=settings,
+        pool=pool,
+        previews=previews or thumbnails.Previews(Bucket.from_settings(settings)),
+        templates=Jinja2Templates(env=_environment()),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # wait=False: the console starts, and /healthz says 503, while the database is away.
+        pool.open(wait=False)
+        try:
+            yield
+        finally:
+            pool.close()
+            console.previews.close()
+
+    app = Starlette(
+        routes=[
+            Route("/", pages.overview),
+            Route("/search", pages.search),
+            Route("/sku/{product_id:int}", pages.sku),
+            Route("/gallery", pages.gallery),
+            Route("/healthz", pages.healthz),
+            Route("/preview/{product_id:int}/{which:str}", thumbnails.preview),
+            Route("/unlock", actions.unlock, methods=["POST"]),
+            Route("/lock", actions.lock, methods=["POST"]),
+            Route("/actions/requeue", actions.requeue, methods=["POST"]),
+            Route("/actions/cancel", actions.cancel, methods=["POST"]),
+            Route("/actions/pause", actions.pause, methods=["POST"]),
+            Route("/actions/resume", actions.resume, methods=["POST"]),
+            Mount("/static", StaticFiles(packages=[("collage.web", "static")]), name="static"),
+        ],
+        middleware=[
+            Middleware(SecurityHeaders),
+            Middleware(
+                SessionMiddleware,
+                secret_key=auth.session_secret(settings.web_token),
+                session_cookie=auth.SESSION_COOKIE,
+                max_age=auth.SESSION_MAX_AGE_S,
+                same_site="strict",
+            ),
+        ],
+        exception_handlers={
+            auth.Refused: actions.refused,
+            psycopg.OperationalError: pages.unavailable,
+            PoolTimeout: pages.unavailable,
+        },
+        lifespan=lifespan,
+    )
+    app.state.console = console
+    return app
+
+
+class SecurityHeaders:
+    """Add SECURITY_HEADERS to every response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                present = {name.lower() for name, _ in message["headers"]}
+                message["headers"] += [
+                    (name.encode(), value.encode())
+                    for name, value in SECURITY_HEADERS.items()
+                    if name.encode() not in present
+                ]
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("collage.web", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters.update(age=age, when=when, number=number)
+    return env
+
+
+def age(value: timedelta | None) -> str:
+    """Say how long, shortly: 45s, 12m 03s, 3h 20m, 2d 4h."""
+    if value is None:
+        return "-"
+    seconds = int(value.total_seconds())
+    if seconds < 60:
+        return f"{max(seconds, 0)}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m {seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h {minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d {hours}h"
+
+
+def when(value: datetime | None) -> str:
+    """A timestamp in UTC to the second."""
+    if value is None:
+        return "-"
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def number(value: object) -> str:
+    """1234567 as 1,234,567; anything else as it is."""
+    return f"{value:,}" if isinstance(value, int) else "-" if value is None else str(value)

@@ -1,0 +1,97 @@
+"""Who may act in the console: WEB_TOKEN unlocks a session, a CSRF token guards every form.
+
+The session is a cookie signed with a key derived from WEB_TOKEN (changing the token ends
+every session), `SameSite=Strict` and HttpOnly, valid 12 hours. It holds a random CSRF token,
+which every form sends back and every POST must match, and, once the operator has given the
+token, the name they gave. Without WEB_TOKEN nothing can be unlocked: the console is read-only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+
+from starlette.datastructures import FormData
+from starlette.requests import Request
+
+SESSION_COOKIE = "collage_console"
+SESSION_MAX_AGE_S = 12 * 3600
+# A form of the console is a few short fields; anything larger is not one of ours.
+MAX_FORM_BYTES = 64 * 1024
+_NAME = re.compile(r"[\w.@+-][\w .@+-]{0,39}")
+
+
+class Refused(Exception):
+    """A request the console will not carry out, with the status and reason it answers."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def session_secret(token: str | None) -> str:
+    """The key sessions are signed with: derived from WEB_TOKEN, random when there is none."""
+    if token is None:
+        return secrets.token_hex(32)  # nothing is ever unlocked: sessions need not outlive us
+    return hmac.new(token.encode(), b"collage web console session", hashlib.sha256).hexdigest()
+
+
+def csrf_token(request: Request) -> str:
+    """The session's CSRF token, made on its first page."""
+    token = request.session.get("csrf")
+    if not isinstance(token, str):
+        token = request.session["csrf"] = secrets.token_urlsafe(32)
+    return token
+
+
+def who(request: Request) -> str | None:
+    """The name the operator unlocked this session with, or None while it is locked."""
+    name = request.session.get("who")
+    return name if isinstance(name, str) else None
+
+
+def valid_name(text: str) -> str | None:
+    """Return the operator's name if it is a short plain one (it goes into every log line)."""
+    text = text.strip()
+    return text if _NAME.fullmatch(text) else None
+
+
+def token_matches(request: Request, given: object) -> bool:
+    """Compare a token given in a form with WEB_TOKEN, in constant time."""
+    expected = request.app.state.console.settings.web_token
+    return (
+        expected is not None
+        and isinstance(given, str)
+        and hmac.compare_digest(given.encode(), expected.encode())
+    )
+
+
+async def checked_form(request: Request, *, unlocked: bool = True) -> FormData:
+    """Read a POSTed form after checking it may act: actions on, same site, CSRF, unlocked."""
+    if not request.app.state.console.actions_enabled:
+        raise Refused(403, "actions are disabled: WEB_TOKEN is not set")
+    # Browsers say where a request comes from; a cross-site one is never an operator's click.
+    if request.headers.get("sec-fetch-site", "same-origin") not in {"same-origin", "none"}:
+        raise Refused(403, "a request from another site is refused")
+    length = request.headers.get("content-length", "")
+    if not length.isdigit() or int(length) > MAX_FORM_BYTES:
+        raise Refused(413, f"a form must say its length and be under {MAX_FORM_BYTES:,} bytes")
+    form = await request.form(max_files=0, max_fields=20)
+    sent, expected = form.get("csrf"), request.session.get("csrf")
+    if not (
+        isinstance(sent, str)
+        and isinstance(expected, str)
+        and hmac.compare_digest(sent.encode(), expected.encode())
+    ):
+        raise Refused(403, "missing or wrong CSRF token: reload the page and try again")
+    if unlocked and who(request) is None:
+        raise Refused(403, "actions are locked: unlock them with the token first")
+    return form
+
+
+def new_csrf_token(request: Request) -> None:
+    """Give the session a fresh CSRF token (as it is unlocked or locked)."""
+    request.session["csrf"] = secrets.token_urlsafe(32)

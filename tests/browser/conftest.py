@@ -1,0 +1,20 @@
+"""A headless chromium for the whole run, driven by Playwright: Debian's, from bin/setup-browser."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from dev.browser import chromium, chromium_path
+from tests.conftest import missing_service
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """A Playwright Browser on Debian's chromium; missing chromium skips, or fails in CI."""
+    if chromium_path() is None:
+        missing_service("chromium (bin/setup-browser installs Debian's package)")
+    with chromium() as made:
+        yield made
