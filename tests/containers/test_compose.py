@@ -38,12 +38,14 @@ class Stack:
     project: str
     s3_port: int
     metrics_port: int
+    web_port: int
 
     def env(self) -> dict[str, str]:
         return {
             **os.environ,
             "LOCAL_S3_PORT": str(self.s3_port),
             "LOCAL_METRICS_PORT": str(self.metrics_port),
+            "WEB_PUBLISH_PORT": str(self.web_port),
             "EXTRA_CA_CERTS": engine.extra_ca_certs(),
         }
 
@@ -101,7 +103,11 @@ def stack(compose: str, tmp_path: Path) -> Iterator[Stack]:
     )
     assert not (folder / ".env").exists()
     made = Stack(
-        folder, f"collage-test-{uuid.uuid4().hex[:8]}", sandbox.free_port(), sandbox.free_port()
+        folder,
+        f"collage-test-{uuid.uuid4().hex[:8]}",
+        s3_port=sandbox.free_port(),
+        metrics_port=sandbox.free_port(),
+        web_port=sandbox.free_port(),
     )
     yield made
     logs = made.compose("logs", "--no-color", "--tail", "40", check=False)

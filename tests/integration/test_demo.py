@@ -32,6 +32,9 @@ def test_bin_demo_builds_collages_and_a_gallery(tmp_path: Path, admin_dsn: str) 
     assert page.count("<section") == 10
     assert len(list((output / "collages").glob("*.jpg"))) == 9
     assert "Traceback" not in result.stderr
+    assert "web console for this run: http://127.0.0.1:" in out
+    assert (output / "console.png").stat().st_size > 10_000  # the browser's screenshot
+    assert 'href="console.png"' in page or 'src="console.png"' in page
 
 
 def test_bin_demo_refuses_to_wipe_a_folder_that_is_not_its_own(tmp_path: Path) -> None:

@@ -31,6 +31,8 @@ def test_a_plain_pip_install_ships_the_migrations_and_runs_collage_migrate(
     shipped = {m.name for m in migrate.project_migrations()}
     assert {f"collage/migrations/{name}" for name in shipped} <= names
     assert not any(name.startswith(("dev/", "tests/", "migrations/")) for name in names)
+    assert any(n.startswith("collage/web/templates/") and n.endswith(".html") for n in names)
+    assert any(n.startswith("collage/web/static/") for n in names)
 
     target = tmp_path / "site"
     subprocess.run(

@@ -1,137 +1,15 @@
-"""What operators ask of the queue: its state, one SKU's history, and requeueing errored SKUs.
-
-Synchronous and one statement per call, for the CLI, through the transaction pool.
-"""
+"""What the web console asks of the queue and the SKUs, besides what the CLI asks."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
 
-from collage import db
-from collage.constants import BUILD_TASK, QUEUE, STALLED_WORKER_S, sku_lock
+from collage.constants import BUILD_TASK, QUEUE
+from collage.inspection.queue import Row
 
-Row = dict[str, Any]
-
-
-def connect(dsn: str) -> psycopg.Connection[Row]:
-    """Open a connection whose rows come back as dicts, for the CLI and the console."""
-    conn = db.connect(dsn)
-    conn.row_factory = dict_row  # type: ignore[assignment]
-    return conn  # type: ignore[return-value]
-
-
-def summary(conn: psycopg.Connection[Row], *, timeout_s: float | None = None) -> Row:
-    """Counts by status, the oldest waiting job's age, stalled jobs, live workers."""
-    with conn.transaction():
-        if timeout_s is not None:
-            # Local to this transaction: a plain SET would stay on a transaction-pool connection.
-            conn.execute(
-                "SELECT set_config('statement_timeout', %s, true)", [f"{int(timeout_s * 1000)}ms"]
-            )
-        row = conn.execute("SELECT * FROM collage_queue_summary").fetchone()
-    return dict(row or {})
-
-
-async def pickup_delay_s(conn: psycopg.AsyncConnection, job_id: int) -> float | None:
-    """Seconds from a job being due to now (its start, when called as it starts)."""
-    cur = await conn.execute(
-        "SELECT extract(epoch FROM now() - greatest(e.at, j.scheduled_at))"
-        " FROM procrastinate_jobs j JOIN procrastinate_events e ON e.job_id = j.id"
-        " WHERE j.id = %s AND e.type = 'deferred'",
-        [job_id],
-    )
-    row = await cur.fetchone()
-    return float(row[0]) if row and row[0] is not None else None
-
-
-def running(conn: psycopg.Connection[Row], *, limit: int = 20) -> list[Row]:
-    """Jobs being built now, longest-running first."""
-    # From the running jobs, not the per-SKU view: that would read every product first.
-    return conn.execute(
-        "SELECT p.id AS product_id, p.brand, p.external_id, j.id AS job_id,"
-        " (j.args ->> 'attempt')::int AS attempt,"
-        " now() - (SELECT max(e.at) FROM procrastinate_events e"
-        "          WHERE e.job_id = j.id AND e.type = 'started') AS running_for"
-        " FROM procrastinate_jobs j"
-        " JOIN raw_products p ON p.id = (j.args ->> 'product_id')::bigint"
-        " WHERE j.status = 'doing' AND j.task_name = %s"
-        " ORDER BY running_for DESC NULLS LAST LIMIT %s",
-        [BUILD_TASK, limit],
-    ).fetchall()
-
-
-def recent_failures(conn: psycopg.Connection[Row], *, limit: int = 10) -> list[Row]:
-    """The latest failed attempts with their error."""
-    return conn.execute(
-        "SELECT o.finished_at, o.product_id, p.brand, p.external_id, o.outcome, o.error_class,"
-        " o.message FROM collage_outcomes o LEFT JOIN raw_products p ON p.id = o.product_id"
-        " WHERE o.outcome IN ('error', 'retry') ORDER BY o.id DESC LIMIT %s",
-        [limit],
-    ).fetchall()
-
-
-def stalled(conn: psycopg.Connection[Row]) -> list[Row]:
-    """Running jobs whose worker has stopped sending heartbeats."""
-    return conn.execute(
-        "SELECT j.id AS job_id, (j.args ->> 'product_id')::bigint AS product_id, j.worker_id,"
-        " w.last_heartbeat FROM procrastinate_jobs j"
-        " LEFT JOIN procrastinate_workers w ON w.id = j.worker_id"
-        " WHERE j.status = 'doing' AND j.queue_name = %s"
-        " AND (w.id IS NULL OR w.last_heartbeat < now() - %s * interval '1 second')",
-        [QUEUE, STALLED_WORKER_S],
-    ).fetchall()
-
-
-def find_product(conn: psycopg.Connection[Row], ref: str) -> Row | None:
-    """Find a SKU by id or by BRAND/EXTERNAL_ID."""
-    if ref.isdigit():
-        query, params = "SELECT * FROM collage_sku_jobs WHERE product_id = %s", [int(ref)]
-    elif "/" in ref:
-        brand, external_id = ref.split("/", 1)
-        query = "SELECT * FROM collage_sku_jobs WHERE brand = %s AND external_id = %s"
-        params = [brand, external_id]
-    else:
-        raise ValueError(f"{ref!r} is neither a product id nor BRAND/EXTERNAL_ID")
-    return conn.execute(query, params).fetchone()
-
-
-def history(conn: psycopg.Connection[Row], product_id: int) -> list[Row]:
-    """Every job for a SKU with its times, oldest first, and what each attempt ended in."""
-    return conn.execute(
-        """
-        SELECT j.id AS job_id, j.task_name, j.status::text AS status,
-               (j.args ->> 'attempt')::int AS attempt,
-               min(e.at) FILTER (WHERE e.type = 'deferred') AS queued_at,
-               max(e.at) FILTER (WHERE e.type = 'started') AS started_at,
-               max(e.at) FILTER (WHERE e.type IN ('succeeded', 'failed', 'aborted', 'cancelled'))
-                   AS finished_at,
-               (SELECT o.outcome FROM collage_outcomes o WHERE o.job_id = j.id
-                 ORDER BY o.id DESC LIMIT 1) AS outcome,
-               (SELECT o.message FROM collage_outcomes o WHERE o.job_id = j.id
-                 ORDER BY o.id DESC LIMIT 1) AS message
-          FROM procrastinate_jobs j
-          LEFT JOIN procrastinate_events e ON e.job_id = j.id
-         WHERE j.lock = %s
-         GROUP BY j.id ORDER BY j.id
-        """,
-        [sku_lock(product_id)],
-    ).fetchall()
-
-
-def heartbeat_age_s(conn: psycopg.Connection[Row]) -> float | None:
-    """Seconds since the freshest worker heartbeat, or None when no worker is registered."""
-    row = conn.execute(
-        "SELECT extract(epoch FROM now() - max(last_heartbeat)) AS age FROM procrastinate_workers"
-    ).fetchone()
-    return float(row["age"]) if row and row["age"] is not None else None
-
-
-# --- the web console ---
 # What collage/web's pages read, each one statement, each bounded: every page of the console
 # must answer within 200 ms at 1,000,000 SKUs and 100,000 waiting jobs (bin/bench-pipeline
 # --console measures it).
