@@ -1,4 +1,8 @@
-"""A headless chromium for the whole run, driven by Playwright: Debian's, from bin/setup-browser."""
+"""A headless chromium for the browser tests, driven by Playwright: Debian's (bin/setup-browser).
+
+Module-scoped, not session-scoped: Playwright's sync API keeps an event loop running in this
+thread while it is open, and the tests after these ones call asyncio.run().
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from dev.browser import chromium, chromium_path
 from tests.conftest import missing_service
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     """A Playwright Browser on Debian's chromium; missing chromium skips, or fails in CI."""
     if chromium_path() is None:
