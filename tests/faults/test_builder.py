@@ -180,3 +180,37 @@ def test_closed_builder_refuses_work() -> None:
     with pytest.raises(Transient, match="shutting down"):
         builder.build([jpeg(10, 10)])
     assert not children()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kills", [1, 2])
+def test_a_crash_while_two_photos_decode_is_built_again_one_at_a_time(kills: int) -> None:
+    # Two slow photos of 9 MP decode at the same time (18 MP together, under the pair limit):
+    # a crash then could be either's, so the build runs again, one photo at a time.
+    slow = [scan_bomb(3000, 3000, repeats=1200, seed=seed) for seed in (1, 2)]
+    told: list[tuple[int, str]] = []
+
+    def on_photo(index: int, label: str) -> None:
+        told.append((index, label))
+        # The 4th report: photo 2 starts decoding while photo 1 still is. The 7th: photo 1
+        # starts decoding in the second build, alone.
+        if len(told) == 4 or (kills == 2 and len(told) == 7):
+            (pid,) = children()
+            os.kill(pid, signal.SIGSEGV)
+
+    with Builder(limits=Limits(max_scans=10**6), processes=1) as builder:
+        started = time.monotonic()
+        if kills == 1:
+            built = builder.build(slow, names=NAMES[:2], on_photo=on_photo)
+            assert built.jpeg.startswith(b"\xff\xd8")
+            elapsed = time.monotonic() - started
+            print(f"\nbuilt again after a crash with two photos decoding: {elapsed:.1f} s")
+        else:
+            with pytest.raises(PhotoUnreadable) as raised:
+                builder.build(slow, names=NAMES[:2], on_photo=on_photo)
+            print(f"\n{raised.value.message}")
+            assert raised.value.message.startswith(
+                "photo 1 (s3://bucket/a.jpg) cannot be decoded: the decoder crashed (SIGSEGV)"
+            )
+        assert [index for index, _ in told] == [1, 2, 1, 2, 1, 2, 1, 2][: len(told)]
+        still_builds(builder)

@@ -991,3 +991,50 @@ def test_avif_box_walk_stops_early_on_a_flood_of_tiny_boxes() -> None:
     cpu = time.process_time()
     assert clean_aperture(data, (96, 72)) is None
     assert time.process_time() - cpu < 0.5
+
+
+# --- decoding the next photo while one is pasted ------------------------------------------------
+
+
+def _events(photos: list[bytes], **options: object) -> list[tuple[str, int]]:
+    events: list[tuple[str, int]] = []
+
+    def on_photo(index: int, label: str) -> None:
+        events.append(("told", index))
+
+    def on_decode(index: int, done: bool) -> None:
+        events.append(("decoded" if done else "decoding", index))
+
+    imaging.build(photos, on_photo=on_photo, on_decode=on_decode, **options)
+    return events
+
+
+def test_the_next_photo_decodes_while_the_first_still_is() -> None:
+    from dev.photos import scan_bomb
+
+    slow = scan_bomb(300, 300, repeats=1500, seed=3)  # a quarter of a second or so to decode
+    events = _events([slow, GOOD_JPEG, GOOD_PNG], limits=Limits(max_scans=10**6))
+    assert events[:3] == [("told", 1), ("told", 2), ("told", 3)]  # the headers, in order
+    started = [index for kind, index in events if kind == "decoding"]
+    assert started == [1, 2, 3]
+    assert events.index(("decoding", 2)) < events.index(("decoded", 1))
+    # Never more than two at once: photo 3 starts only once photo 1 is done.
+    assert events.index(("decoded", 1)) < events.index(("decoding", 3))
+    told = [index for kind, index in events if kind == "told"]
+    assert told == [1, 2, 3, 1, 2, 3]
+
+
+@pytest.mark.parametrize("ahead_pixels", [0, 64 * 64 * 2 - 1])
+def test_photos_decode_one_at_a_time_past_the_pair_limit(ahead_pixels: int) -> None:
+    events = _events([GOOD_JPEG, GOOD_PNG, GOOD_WEBP], ahead_pixels=ahead_pixels)
+    decoding = [e for e in events if e[0] != "told"]
+    assert decoding == [(kind, i) for i in (1, 2, 3) for kind in ("decoding", "decoded")]
+
+
+def test_a_failing_photo_is_reported_in_order_even_if_the_next_one_failed_first() -> None:
+    from dev.photos import scan_bomb
+
+    slow_broken = scan_bomb(300, 300, repeats=1500, seed=3)[:-40_000]  # truncated: fails late
+    broken = GOOD_JPEG[: len(GOOD_JPEG) // 2]  # fails at once, while photo 1 still decodes
+    with pytest.raises(PhotoUnreadable, match=r"^photo 1 cannot be decoded"):
+        build_collage([slow_broken, broken], limits=Limits(max_scans=10**6))
