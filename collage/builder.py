@@ -8,6 +8,7 @@ comes out through the child's stdin and stdout (bin/bench-imaging --ipc measures
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Sequence
 
@@ -35,6 +36,7 @@ class Builder:
         self.jobs_per_child, self.ahead_pixels = jobs_per_child, ahead_pixels
         self._idle: list[BuildProcess] = []
         self._lock = threading.Lock()
+        self._running, self._cores = 0, len(os.sched_getaffinity(0))
         self._slots = threading.BoundedSemaphore(processes)
         self._closed = False
         for _ in range(processes):  # started now, so the first jobs do not wait for imports
@@ -54,17 +56,23 @@ class Builder:
 
         `on_photo(index, label)` is called in this thread as the child starts on each photo.
         With `max_bytes`, the collage is encoded again at the highest quality down to
-        `min_quality` that fits; Collage.quality says which.
+        `min_quality` that fits; Collage.quality says which. The child decodes the next photo
+        while one is pasted (imaging.build's `ahead_pixels`) only while a core is free.
         """
         check_arguments(
             photos, quality=quality, names=names, max_bytes=max_bytes, min_quality=min_quality
         )
+        with self._lock:
+            self._running += 1
+            # Decode ahead only with a core to spare: it saves wall time, not CPU (it costs a
+            # few percent more), so with every core building it would only slow the others.
+            spare = self._running < self._cores
         options = {
             "quality": quality,
             "names": names,
             "max_bytes": max_bytes,
             "min_quality": min_quality,
-            "ahead_pixels": self.ahead_pixels,
+            "ahead_pixels": self.ahead_pixels if spare else 0,
         }
         try:
             return self._run(photos, options, on_photo)
@@ -72,6 +80,9 @@ class Builder:
             # A crash with two photos decoding names neither: build again one photo at a
             # time, in a new child, so that the error (or the collage) is the right one.
             return self._run(photos, {**options, "ahead_pixels": 0}, on_photo)
+        finally:
+            with self._lock:
+                self._running -= 1
 
     def close(self) -> None:
         """Stop every child; builds still running end with Transient."""

@@ -214,3 +214,43 @@ def test_a_crash_while_two_photos_decode_is_built_again_one_at_a_time(kills: int
             )
         assert [index for index, _ in told] == [1, 2, 1, 2, 1, 2, 1, 2][: len(told)]
         still_builds(builder)
+
+
+def test_a_size_limit_comes_back_with_the_quality_used(builder: Builder) -> None:
+    photos = [noisy_jpeg(600, 800, seed=1), noisy_jpeg(500, 800, seed=2)]
+    full = builder.build(photos)
+    assert full.quality == 95
+    limited = builder.build(photos, max_bytes=len(full.jpeg) * 2 // 3, min_quality=50)
+    assert 50 <= limited.quality < 95
+    assert len(limited.jpeg) <= len(full.jpeg) * 2 // 3
+    assert limited.jpeg == imaging.build_collage(photos, quality=limited.quality)
+    with pytest.raises(
+        TooLarge, match=r"even at JPEG quality 90, the lowest allowed; at most 1,000"
+    ):
+        builder.build(photos, max_bytes=1000, min_quality=90)
+    still_builds(builder)
+
+
+def test_photos_decode_ahead_only_while_a_core_is_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    from collage.build_process import BuildProcess
+
+    seen: list[int] = []
+    real_run = BuildProcess.run
+
+    def run(self: BuildProcess, photos: list[bytes], **kwargs: object) -> object:
+        seen.append(kwargs["options"]["ahead_pixels"])  # type: ignore[index]
+        return real_run(self, photos, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(BuildProcess, "run", run)
+    slow = scan_bomb(2000, 2000, repeats=300)  # a second or so: time to start another build
+    with Builder(limits=Limits(max_scans=10**6), processes=2) as builder:
+        builder._cores = 2
+        first, outcome = _build_in_thread(builder, [slow, jpeg(40, 30)])
+        deadline = time.monotonic() + 30
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        still_builds(builder)  # while the first builds: no core to spare for decoding ahead
+        first.join(60)
+        still_builds(builder)  # alone again
+    assert seen == [imaging.AHEAD_PIXELS, 0, imaging.AHEAD_PIXELS]
+    assert outcome[0].jpeg.startswith(b"\xff\xd8")

@@ -1038,3 +1038,86 @@ def test_a_failing_photo_is_reported_in_order_even_if_the_next_one_failed_first(
     broken = GOOD_JPEG[: len(GOOD_JPEG) // 2]  # fails at once, while photo 1 still decodes
     with pytest.raises(PhotoUnreadable, match=r"^photo 1 cannot be decoded"):
         build_collage([slow_broken, broken], limits=Limits(max_scans=10**6))
+
+
+# --- a size limit in bytes ------------------------------------------------------------------------
+
+
+def _textured(width: int, height: int, seed: int) -> bytes:
+    """Return a photo whose JPEG size falls steadily with quality (grain at every scale)."""
+    return encode(photos_detailed(random.Random(seed), width, height), quality=95)
+
+
+def photos_detailed(rnd: random.Random, width: int, height: int) -> Image.Image:
+    from dev.photos import detailed
+
+    return detailed(rnd, width, height)
+
+
+TEXTURED = [_textured(400, 600, 1), _textured(300, 500, 2)]
+
+
+def _sizes_by_quality(data: list[bytes]) -> dict[int, int]:
+    return {q: len(build_collage(data, quality=q)) for q in range(40, 96)}
+
+
+SIZES = _sizes_by_quality(TEXTURED)
+
+
+@pytest.mark.parametrize("fraction", [0.97, 0.8, 0.6, 0.45, 0.3])
+def test_size_limit_gives_the_highest_quality_that_fits(fraction: float) -> None:
+    max_bytes = int(SIZES[95] * fraction)
+    built = imaging.build(TEXTURED, max_bytes=max_bytes, min_quality=40)
+    assert built.quality == max(q for q, size in SIZES.items() if size <= max_bytes)
+    assert len(built.jpeg) <= max_bytes
+    assert built.jpeg == build_collage(TEXTURED, quality=built.quality)  # same pixels, same size
+    assert decode(built.jpeg).size == decode(build_collage(TEXTURED)).size
+
+
+def test_size_limit_already_met_changes_nothing() -> None:
+    built = imaging.build(TEXTURED, max_bytes=SIZES[95])
+    assert (built.quality, built.jpeg) == (95, build_collage(TEXTURED))
+
+
+def test_size_limit_past_the_floor_names_the_size_reached() -> None:
+    with pytest.raises(TooLarge) as raised:
+        build_collage(TEXTURED, max_bytes=SIZES[70] - 1, min_quality=70)
+    width, height = decode(build_collage(TEXTURED)).size
+    assert raised.value.message == (
+        f"the collage ({width:,} x {height:,} px) is {SIZES[70]:,} bytes even at JPEG quality 70,"
+        f" the lowest allowed; at most {SIZES[70] - 1:,} bytes are allowed"
+    )
+
+
+def test_size_limit_search_costs_few_full_encodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from collage import encoding
+
+    heights: list[int] = []
+    original = encoding.encode
+
+    def counted(image: Image.Image, **options: object) -> bytes:
+        heights.append(image.height)
+        return original(image, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(encoding, "encode", counted)
+    tall = [_textured(300, 1600, 3), _textured(400, 1600, 4)]  # tall enough to be sampled
+    whole = build_collage(tall)
+    full, max_bytes = decode(whole).height, len(whole) * 3 // 5
+    heights.clear()
+    imaging.build(tall, max_bytes=max_bytes)
+    full_encodes = heights.count(full)
+    assert full_encodes <= 3, heights
+    assert len(heights) - full_encodes <= 8  # the sampled ones: an eighth of the rows each
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"max_bytes": 0}, "max_bytes must be at least 1"),
+        ({"max_bytes": 1000, "min_quality": 96}, "min_quality must be between 1 and quality 95"),
+        ({"max_bytes": 1000, "min_quality": 0}, "min_quality must be between 1 and quality 95"),
+    ],
+)
+def test_size_limit_arguments_are_checked(options: dict[str, int], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        build_collage([GOOD_JPEG], **options)
