@@ -100,12 +100,21 @@ def test_lossless_webp_past_the_memory_budget_is_refused() -> None:
         still_builds(builder)
 
 
-def _build_in_thread(builder: Builder, photos: list[bytes]) -> tuple[threading.Thread, list]:
+def _build_in_thread(
+    builder: Builder, photos: list[bytes], decoding: threading.Event | None = None
+) -> tuple[threading.Thread, list]:
+    """Build in a thread; set `decoding` once the child starts decoding the last photo."""
     outcome: list = []
+    told: list[int] = []
+
+    def on_photo(index: int, label: str) -> None:
+        told.append(index)
+        if decoding is not None and len(told) == 2 * len(photos):  # read all, then decode
+            decoding.set()
 
     def run() -> None:
         try:
-            outcome.append(builder.build(photos, names=NAMES[: len(photos)]))
+            outcome.append(builder.build(photos, names=NAMES[: len(photos)], on_photo=on_photo))
         except Exception as exc:
             outcome.append(exc)
 
@@ -145,7 +154,9 @@ def test_a_child_that_dies_fails_its_own_job_only(
     slow = scan_bomb(6000, 6000, repeats=300)  # seconds to decode: time to kill it mid-way
     with Builder(limits=Limits(max_scans=10**6), processes=2) as builder:
         still_builds(builder)
-        victim_thread, victim = _build_in_thread(builder, [jpeg(40, 30), slow])
+        decoding = threading.Event()
+        victim_thread, victim = _build_in_thread(builder, [jpeg(40, 30), slow], decoding)
+        assert decoding.wait(30)  # photo 2, the slow one, is decoding: its seconds start
         pid = _busy_child()
         bystander_thread, bystander = _build_in_thread(builder, [noisy_jpeg(2000, 3000)])
         os.kill(pid, sig)
@@ -165,7 +176,9 @@ def test_a_child_that_hangs_is_stopped_at_the_wall_clock_limit() -> None:
     slow = scan_bomb(6000, 6000, repeats=300)
     with Builder(limits=Limits(max_scans=10**6), budget=Budget(wall_s=2), processes=1) as builder:
         still_builds(builder)
-        thread, outcome = _build_in_thread(builder, [jpeg(40, 30), slow])
+        decoding = threading.Event()
+        thread, outcome = _build_in_thread(builder, [jpeg(40, 30), slow], decoding)
+        assert decoding.wait(30)
         pid = _busy_child()
         os.kill(pid, signal.SIGSTOP)  # alive, spending nothing: only the wall clock can tell
         thread.join(30)
