@@ -17,7 +17,7 @@ import procrastinate
 import psycopg
 
 from collage import db
-from collage.constants import GRACEFUL_TIMEOUT_S, QUEUE, STALLED_WORKER_S
+from collage.constants import GRACEFUL_TIMEOUT_S, HEARTBEAT_EVERY_S, QUEUE, STALLED_WORKER_S
 from collage.errors import one_line
 from collage.settings import Settings, from_environment
 
@@ -96,5 +96,6 @@ app = procrastinate.App(
         "fetch_job_polling_interval": POLLING_INTERVAL_S,
         "shutdown_graceful_timeout": GRACEFUL_TIMEOUT_S,
         "stalled_worker_timeout": STALLED_WORKER_S,
+        "update_heartbeat_interval": HEARTBEAT_EVERY_S,
     },
 )

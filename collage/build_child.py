@@ -163,7 +163,9 @@ def _die_with_parent() -> None:
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
     except (OSError, AttributeError):  # not Linux: the CPU limit still bounds an orphan
         return
-    if os.getppid() == 1:  # the parent died before the request took effect
+    # The parent died before the request took effect. Not `getppid() == 1`: in a container the
+    # worker itself is PID 1.
+    if os.getppid() != int(os.environ.get("COLLAGE_CHILD_PARENT_PID", os.getppid())):
         os._exit(0)
 
 

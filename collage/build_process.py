@@ -78,6 +78,7 @@ class BuildProcess:
             "PILLOW_BLOCKS_MAX": os.environ.get("PILLOW_BLOCKS_MAX", "32"),
             "COLLAGE_CHILD_CPU_S": repr(budget.cpu_s),
             "COLLAGE_CHILD_MEMORY_BYTES": str(budget.memory_bytes),
+            "COLLAGE_CHILD_PARENT_PID": str(os.getpid()),
         }
         # libtiff and libjpeg print warnings straight to file descriptor 2: keep them out of the
         # worker's log stream, and at hand for a crash report.

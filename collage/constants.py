@@ -28,11 +28,29 @@ MAINTENANCE_PRIORITY = 100
 
 # SIGTERM lets running builds finish for this long before they are queued again.
 GRACEFUL_TIMEOUT_S = 60
-# Procrastinate sends a heartbeat every 10 s; a worker without one for this long is dead and its
-# jobs are rescued. It must exceed the drain at shutdown, during which no heartbeat is sent.
+# Then an upload already in flight is given this long to land before its SKU is handed over.
+HANDOVER_S = 30
+# And Procrastinate this long to record what it aborted: the whole drain is the sum.
+SHUTDOWN_SLACK_S = 10
+DRAIN_S = GRACEFUL_TIMEOUT_S + HANDOVER_S + SHUTDOWN_SLACK_S
+
+# A running job's worker holds a session advisory lock (LIVENESS_LOCK_SPACE, job id) for it on a
+# connection of its own: PostgreSQL drops the lock the moment that connection dies (a killed
+# worker, an OOM kill), and the rescue then takes the job back within seconds.
+LIVENESS_LOCK_SPACE = 73_240_195
+RESCUE_EVERY_S = 5
+HEARTBEAT_EVERY_S = 5
+# A job whose lock is gone is dead once its worker has also missed three heartbeats (a worker
+# whose lock connection is just reconnecting keeps beating).
+DEAD_WORKER_S = 3 * HEARTBEAT_EVERY_S
+# A worker still holding its locks but silent this long has vanished with its sockets open (a
+# host lost): its jobs are rescued too. It must exceed the drain, during which no heartbeat is
+# sent but the locks are held.
 STALLED_WORKER_S = 120
 # Three missed heartbeats: the worker counts as not alive in `collage health` and the views.
 HEARTBEAT_MAX_AGE_S = 30
+# A SKU whose builds killed their worker this many times (per upload) is marked 'error'.
+MAX_WORKER_DEATHS = 3
 
 
 def sku_lock(product_id: int) -> str:

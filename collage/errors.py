@@ -32,6 +32,10 @@ class Transient(CollageError):
     """A service did not answer in time; the job is retried with backoff."""
 
 
+class WorkerDied(Transient):
+    """The worker building this SKU died; it is built again, a few times at most."""
+
+
 class Permanent(CollageError):
     """This SKU cannot be built as it is; it is marked 'error' until someone fixes it."""
 

@@ -5,9 +5,6 @@ Synchronous and one statement per call, for the CLI, through the transaction poo
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -124,85 +121,9 @@ def history(conn: psycopg.Connection[Row], product_id: int) -> list[Row]:
     ).fetchall()
 
 
-@dataclass(frozen=True, kw_only=True)
-class RequeueFilter:
-    """Which errored SKUs to put back in the queue; all given conditions must hold."""
-
-    brand: str | None = None
-    ids: Sequence[int] = ()
-    error_like: str | None = None  # a literal piece of the message, any case
-    error_pattern: str | None = None  # a LIKE pattern, for who wants % and _
-    older_than: timedelta | None = None
-    limit: int | None = None
-
-    @property
-    def is_empty(self) -> bool:
-        return not (
-            self.brand
-            or self.ids
-            or self.error_like
-            or self.error_pattern
-            or self.older_than
-            or self.limit
-        )
-
-
-def errored(conn: psycopg.Connection[Row], where: RequeueFilter) -> list[Row]:
-    """List the errored SKUs a filter selects, oldest failure first."""
-    return conn.execute(
-        """
-        SELECT id AS product_id, brand, external_id, error_message, updated_at
-          FROM raw_products
-         WHERE image_status = 'error'
-           AND (%(brand)s::text IS NULL OR brand = %(brand)s)
-           AND (cardinality(%(ids)s::bigint[]) = 0 OR id = ANY(%(ids)s))
-           AND (%(like)s::text IS NULL OR error_message ILIKE %(like)s)
-           AND (%(pattern)s::text IS NULL OR error_message ILIKE %(pattern)s)
-           AND (%(older)s::interval IS NULL OR updated_at < now() - %(older)s::interval)
-         ORDER BY updated_at, id
-         LIMIT %(limit)s
-        """,
-        {
-            "brand": where.brand,
-            "ids": list(where.ids),
-            "like": _containing(where.error_like),
-            "pattern": where.error_pattern,
-            "older": where.older_than,
-            "limit": where.limit,
-        },
-    ).fetchall()
-
-
-def requeue(
-    conn: psycopg.Connection[Row], ids: Sequence[int], *, batch: int = 500
-) -> Iterator[int]:
-    """Set SKUs that are still 'error' back to 'uploaded' (the trigger queues them), in batches.
-
-    Yields how many each batch requeued. Their automatic-retry count starts again.
-    """
-    for start in range(0, len(ids), batch):
-        chunk = list(ids[start : start + batch])
-        with conn.transaction():
-            cur = conn.execute(
-                "UPDATE raw_products SET image_status = 'uploaded', error_message = NULL,"
-                " updated_at = now() WHERE id = ANY(%s) AND image_status = 'error'",
-                [chunk],
-            )
-            conn.execute("DELETE FROM collage_retry_rounds WHERE product_id = ANY(%s)", [chunk])
-        yield cur.rowcount
-
-
 def heartbeat_age_s(conn: psycopg.Connection[Row]) -> float | None:
     """Seconds since the freshest worker heartbeat, or None when no worker is registered."""
     row = conn.execute(
         "SELECT extract(epoch FROM now() - max(last_heartbeat)) AS age FROM procrastinate_workers"
     ).fetchone()
     return float(row["age"]) if row and row["age"] is not None else None
-
-
-def _containing(text: str | None) -> str | None:
-    """A LIKE pattern that matches `text` literally anywhere (a pasted message may hold % or _)."""
-    if text is None:
-        return None
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"

@@ -12,20 +12,16 @@ from pathlib import Path
 from typing import Any
 
 from procrastinate import JobContext
-from procrastinate.exceptions import ConnectorException
-from procrastinate.jobs import Status
 from psycopg import AsyncConnection
 
-from collage import outcomes, products
+from collage import outcomes, products, progress, rescue
 from collage.app import app
 from collage.constants import (
-    BUILD_TASK,
     CLEANUP_TASK,
     MAINTENANCE_PRIORITY,
     QUEUE,
     RESCUE_TASK,
     RETRY_ERRORS_TASK,
-    STALLED_WORKER_S,
     SWEEP_TASK,
 )
 from collage.runtime import connection, runtime_of
@@ -85,32 +81,13 @@ async def retry_errors(context: JobContext, timestamp: int | None = None) -> lis
 @app.periodic(cron="* * * * *")
 @app.task(**_maintenance(RESCUE_TASK))
 async def rescue_stalled(context: JobContext, timestamp: int | None = None) -> list[int]:
-    """Fail the jobs of workers that stopped sending heartbeats, and queue their SKUs again.
+    """Take back the jobs of dead workers (every worker also does it every few seconds).
 
-    A stalled build is not retried in place (its SKU may already have a waiting job); a stalled
+    A dead build is not retried in place (its SKU may already have a waiting job); a dead
     maintenance job is only failed: its next tick does the work.
     """
-    manager = context.app.job_manager
-    stalled = await manager.get_stalled_jobs(queue=QUEUE, seconds_since_heartbeat=STALLED_WORKER_S)
-    rescued: list[int] = []
-    for job in stalled:
-        try:
-            await manager.finish_job(job, status=Status.FAILED, delete_job=False)
-        except ConnectorException:  # it finished meanwhile, or another rescue took it
-            logger.info("stalled job already settled", extra={"action": "rescue", "job_id": job.id})
-            continue
-        if job.task_name == BUILD_TASK:
-            product_id = int(job.task_kwargs["product_id"])
-            async with connection(context) as conn:
-                await products.enqueue(conn, product_id)
-            rescued.append(product_id)
-    await manager.prune_stalled_workers(seconds_since_heartbeat=STALLED_WORKER_S * 10)
-    if stalled:
-        logger.warning(
-            "stalled jobs rescued",
-            extra={"action": "rescue", "jobs": [j.id for j in stalled], "products": rescued},
-        )
-    return rescued
+    done = await rescue.rescue(context.app)
+    return done.requeued
 
 
 @app.periodic(cron="0 4 * * *")
@@ -124,6 +101,7 @@ async def cleanup(context: JobContext, timestamp: int | None = None) -> int:
     )
     async with connection(context) as conn:
         await outcomes.prune(conn, older_than_hours=RETENTION_HOURS)
+        await progress.prune(conn, older_than_hours=RETENTION_HOURS)
     logger.info("cleanup done", extra={"action": "cleanup", "files_removed": removed})
     return removed
 

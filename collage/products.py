@@ -33,6 +33,7 @@ class Product:
     image_status: str | None
     generation: int  # upload_generation: one more at every write that marks the SKU 'uploaded'
     uploaded_at: datetime | None
+    paused: bool = False  # its brand, or every brand, is paused (collage pause)
 
     @property
     def lock(self) -> str:
@@ -42,8 +43,8 @@ class Product:
 async def fetch(conn: AsyncConnection, product_id: int) -> Product | None:
     """Read one SKU as it is now."""
     cur = await conn.execute(
-        "SELECT id, external_id, brand, image_urls, image_status, upload_generation, uploaded_at"
-        " FROM raw_products WHERE id = %s",
+        "SELECT id, external_id, brand, image_urls, image_status, upload_generation, uploaded_at,"
+        " collage_paused(brand) FROM raw_products WHERE id = %s",
         [product_id],
     )
     row = await cur.fetchone()

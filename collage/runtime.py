@@ -10,11 +10,11 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 from procrastinate import JobContext
@@ -45,6 +45,7 @@ class Runtime:
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(thread_name_prefix="collage")
     )
+    handovers: set[asyncio.Task[None]] = field(default_factory=set)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
@@ -57,6 +58,18 @@ class Runtime:
         """Run a blocking call on the executor."""
         call = functools.partial(func, *args, **kwargs)
         return await asyncio.get_running_loop().run_in_executor(self.executor, call)
+
+    def track(self, handover: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run a SKU's hand-over at shutdown so that the worker can wait for it to finish."""
+        task = asyncio.ensure_future(handover)
+        self.handovers.add(task)
+        task.add_done_callback(self.handovers.discard)
+        return task
+
+    async def finish_handovers(self, timeout_s: float) -> None:
+        """Wait (bounded) for hand-overs still queueing SKUs again; the rescue covers the rest."""
+        if self.handovers:
+            await asyncio.wait(set(self.handovers), timeout=timeout_s)
 
     def close(self) -> None:
         """Stop the builder's processes; let go of the threads without waiting for them.

@@ -77,7 +77,7 @@ class Settings:
             build_memory_mb=_optional(
                 env, "COLLAGE_MEMORY_LIMIT_MB", _int_between(256, 65536), 1792
             ),
-            temp_dir=_optional(env, "TEMP_DIR", Path, _default_temp_dir()),
+            temp_dir=_optional(env, "TEMP_DIR", Path, None) or _default_temp_dir(),
             metrics_port=_optional(env, "METRICS_PORT", _int_between(1, 65535), None),
         )
 
@@ -114,7 +114,10 @@ def _is_secret(parameter: str) -> bool:
 
 
 def _default_temp_dir() -> Path:
-    return Path(tempfile.gettempdir()) / "collage"
+    try:
+        return Path(tempfile.gettempdir()) / "collage"
+    except FileNotFoundError:  # a read-only root without a tmpfs
+        raise ConfigError("TEMP_DIR is not set and no temporary folder is writable") from None
 
 
 def _required(env: Mapping[str, str], name: str, parse: Callable[[str], T]) -> T:

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from procrastinate import JobContext
 from psycopg import AsyncConnection
 
-from collage import downloads, metrics, outcomes, products
+from collage import downloads, metrics, outcomes, products, progress
 from collage.app import app
-from collage.constants import BUILD_TASK, QUEUE
+from collage.constants import BUILD_TASK, HANDOVER_S, QUEUE
 from collage.errors import CollageError, KeyTaken, Permanent, one_line
 from collage.runtime import Runtime, connection, retry_db, runtime_of
-from collage.storage import LONGEST_CALL_S, collage_key
+from collage.storage import collage_key
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,11 @@ def backoff_s(attempt: int) -> float:
 
 @app.task(name=BUILD_TASK, queue=QUEUE, pass_context=True)
 async def build(
-    context: JobContext, product_id: int, attempt: int = 0, generation: int | None = None
+    context: JobContext,
+    product_id: int,
+    attempt: int = 0,
+    generation: int | None = None,
+    brand: str | None = None,  # carried for pauses and fair shares (migrations/008)
 ) -> str:
     """Build, publish and record one generation of a SKU's collage; return what happened.
 
@@ -66,17 +70,33 @@ async def build(
     if generation is not None and product.generation != generation:
         # A newer upload came after this job was queued; its own job is waiting.
         return _skip(product_id, started, status=f"generation {product.generation}")
+    if product.paused:
+        # Paused while this job was being fetched: it waits with the others until resumed.
+        await retry_db(
+            lambda: hand_over(context, product.id, log=False),
+            product_id=product.id,
+            step="hold the SKU back",
+        )
+        return _skip(product_id, started, status="paused")
+    reporter = progress.Reporter(
+        lambda: connection(context), product_id=product.id, generation=product.generation
+    )
     try:
-        result = await make_collage(runtime, product)
+        result = await make_collage(runtime, product, reporter)
+        if isinstance(result, Made):
+            await reporter.flush("uploading the collage")
         outcome = await retry_db(
             lambda: settle(context, runtime, product, result, attempt=attempt, started=started),
             product_id=product.id,
             step="record the result",
         )
     except asyncio.CancelledError:
-        # The worker is shutting down past its grace period: the SKU goes back in the queue.
-        await asyncio.shield(hand_over(context, product.id))
+        # The worker is shutting down past its grace period: the SKU goes back in the queue,
+        # even if the worker's supervisor cancels again (it waits for runtime.handovers).
+        await asyncio.shield(runtime.track(hand_over(context, product.id)))
         raise
+    finally:
+        await reporter.close()
     report(outcome, product, attempt=attempt, made=result if isinstance(result, Made) else None)
     return outcome.outcome
 
@@ -87,16 +107,23 @@ async def read_product(context: JobContext, product_id: int) -> products.Product
         return await products.fetch(conn, product_id)
 
 
-async def make_collage(runtime: Runtime, product: products.Product) -> Made | Exception:
+async def make_collage(
+    runtime: Runtime, product: products.Product, reporter: progress.Reporter
+) -> Made | Exception:
     """Download the photos and join them; return the collage, or why it cannot be built."""
     try:
         key = collage_key(product.brand, product.external_id)
         keys = downloads.photo_keys(runtime.bucket, product.image_urls)
+        reporter.say(f"downloading {len(keys)} photo{'s' if len(keys) != 1 else ''}")
         photos = await downloads.download_all(runtime, keys)
         builder = runtime.builder
         assert builder is not None, "this runtime builds no collages"
         built = await runtime.run(
-            builder.build, photos, quality=runtime.settings.collage_quality, names=keys
+            builder.build,
+            photos,
+            quality=runtime.settings.collage_quality,
+            names=keys,
+            on_photo=lambda index, label: reporter.say(f"decoding {label} of {len(keys)}"),
         )
         return Made(
             key=key, jpeg=built.jpeg, photos=len(keys), cpu_s=built.cpu_s, peak_rss=built.peak_rss
@@ -126,6 +153,7 @@ async def settle(
             outcome, job_id=context.job.id, duration_s=time.monotonic() - started
         )
         await outcomes.record(conn, outcome)
+        await progress.forget(conn, product.id)
         return outcome
 
 
@@ -169,7 +197,7 @@ async def upload(runtime: Runtime, made: Made) -> None:
         await asyncio.shield(put)
     except asyncio.CancelledError:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.shield(put), LONGEST_CALL_S)
+            await asyncio.wait_for(asyncio.shield(put), HANDOVER_S)
         raise
     metrics.BYTES_UPLOADED.inc(len(made.jpeg))
 
@@ -198,12 +226,13 @@ async def fail(
     return outcome
 
 
-async def hand_over(context: JobContext, product_id: int) -> None:
+async def hand_over(context: JobContext, product_id: int, *, log: bool = True) -> None:
     """Queue an interrupted SKU again for whichever worker is next."""
     async with connection(context) as conn:
         await products.enqueue(conn, product_id)
-    _log("collage interrupted; queued again", product_id, outcome="interrupted")
-    metrics.record_outcome("interrupted", duration_s=0.0)
+    if log:
+        _log("collage interrupted; queued again", product_id, outcome="interrupted")
+        metrics.record_outcome("interrupted", duration_s=0.0)
 
 
 def report(

@@ -249,6 +249,82 @@ def bulk_update_seconds(dsn: str, rows: int, *, trigger: bool) -> float:
     return elapsed
 
 
+def fairness(dsn: str, endpoint: str, *, backlog: int) -> tuple[int, float, float]:
+    """A bulk brand's backlog, then one SKU of another brand: how long does it wait?
+
+    Returns the bulk builds that finished between its upload and its own build, its seconds
+    from upload to collage_ready, and the bulk UPDATE's seconds per row (trigger included).
+    """
+    [tiny] = seed_photos(endpoint, 1, sizes=[(200, 300)])
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO raw_products (external_id, brand, image_urls, image_status)"
+            " SELECT 'bulk-' || n, 'bulk', %s, 'new' FROM generate_series(1, %s) n",
+            [json.dumps(tiny), backlog],
+        )
+        start = time.perf_counter()
+        conn.execute("UPDATE raw_products SET image_status = 'uploaded' WHERE brand = 'bulk'")
+        per_row = (time.perf_counter() - start) / backlog
+        with workers(1, db_url=dsn, session_url=dsn, endpoint=endpoint, concurrency=2):
+
+            def built() -> int:
+                row = conn.execute(
+                    "SELECT count(*) FROM collage_outcomes WHERE outcome = 'built'"
+                ).fetchone()
+                return int(row[0]) if row else 0
+
+            sandbox.wait_until(lambda: built() >= 20, timeout=120, what="the bulk brand to start")
+            before = built()
+            uploaded = time.time()
+            row = conn.execute(
+                "INSERT INTO raw_products (external_id, brand, image_urls, image_status)"
+                " VALUES ('new-1', 'newcomer', %s, 'uploaded') RETURNING id",
+                [json.dumps(tiny)],
+            ).fetchone()
+            assert row
+            newcomer = int(row[0])
+            sandbox.wait_until(
+                lambda: (
+                    conn.execute(
+                        "SELECT image_status FROM raw_products WHERE id = %s", [newcomer]
+                    ).fetchone()
+                    == ("collage_ready",)
+                ),
+                timeout=120,
+                what="the newcomer",
+            )
+            waited_s = time.time() - uploaded
+            ahead = conn.execute(
+                "SELECT count(*) FROM collage_outcomes WHERE outcome = 'built' AND id < ("
+                " SELECT min(id) FROM collage_outcomes WHERE product_id = %s)",
+                [newcomer],
+            ).fetchone()
+            assert ahead
+        conn.execute("TRUNCATE raw_products, procrastinate_jobs, collage_outcomes CASCADE")
+    return int(ahead[0]) - before, waited_s, per_row
+
+
+def paused_fetch_ms(dsn: str, rows: int) -> float:
+    """How long a worker's fetch takes when `rows` builds wait, all paused (median of 5)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO raw_products (external_id, brand, image_urls, image_status)"
+            " SELECT 'held-' || n, 'held', '[]', 'new' FROM generate_series(1, %s) n",
+            [rows],
+        )
+        conn.execute("INSERT INTO collage_pauses (scope, paused_by) VALUES ('*', 'bench')")
+        conn.execute("UPDATE raw_products SET image_status = 'uploaded'")
+        took = []
+        for _ in range(5):
+            start = time.perf_counter()
+            found = conn.execute(
+                "SELECT id FROM procrastinate_fetch_job_v2(ARRAY['collage'], NULL)"
+            ).fetchone()
+            took.append((time.perf_counter() - start) * 1000)
+            assert found == (None,), found
+    return statistics.median(took)
+
+
 @click.command()
 @click.option("--samples", type=click.IntRange(20), default=200, show_default=True)
 @click.option("--skus", type=click.IntRange(10), default=200, show_default=True)
@@ -371,6 +447,23 @@ def main(samples: int, skus: int, bulk_rows: int) -> None:
                 f"| with the trigger (one job each) | {with_trigger:.2f} |"
                 f" {with_trigger / bulk_rows * 1e6:.0f} µs |"
             )
+            dsn = fresh()
+            ahead, waited_s, fair_row = fairness(dsn, endpoint, backlog=5000)
+            fetch_ms = paused_fetch_ms(fresh(), bulk_rows)
+            report.append("")
+            report.append("| fair shares: 5,000 SKUs of one brand waiting, then one of another | |")
+            report.append("|---|---|")
+            report.append(f"| bulk builds that went before the newcomer | {ahead} |")
+            report.append(f"| newcomer, upload to collage_ready | {waited_s:.2f} s |")
+            report.append(
+                "| the 5,000-row UPDATE, per row (trigger with fair tags) |"
+                f" {fair_row * 1e6:.0f} µs |"
+            )
+            report.append(
+                f"| a worker's fetch with {bulk_rows:,} paused builds and nothing due |"
+                f" {fetch_ms:.1f} ms |"
+            )
+            click.echo("\n".join(report[-6:]), err=True)
     finally:
         session.stop()
         transaction.stop()

@@ -182,6 +182,8 @@ class WorkerThread:
         return self
 
     def stop(self, timeout: float = 90) -> int | None:
+        if not self._thread.is_alive():
+            return self.exit_code  # stopped already
         if self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(timeout)

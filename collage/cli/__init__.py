@@ -7,7 +7,7 @@ import logging
 import click
 
 from collage import logs
-from collage.cli import service, skus
+from collage.cli import controls, service, skus
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -30,7 +30,10 @@ for command in (
     service.worker_command,
     service.make_command,
     service.sweep_command,
-    skus.requeue_command,
+    controls.requeue_command,
+    controls.cancel_command,
+    controls.pause_command,
+    controls.resume_command,
     skus.jobs_command,
     skus.show_command,
     service.health_command,

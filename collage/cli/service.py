@@ -12,12 +12,14 @@ import click
 
 from collage import db, health, migrate
 from collage.cli.common import Fail, database_errors, load_settings
-from collage.constants import GRACEFUL_TIMEOUT_S, STALLED_WORKER_S
+from collage.constants import GRACEFUL_TIMEOUT_S, HANDOVER_S, SHUTDOWN_SLACK_S, STALLED_WORKER_S
 from collage.errors import CollageError
 from collage.settings import redact
 
-# Heartbeats stop while a worker drains: past STALLED_WORKER_S the rescue would take its jobs.
-MAX_GRACEFUL_S = STALLED_WORKER_S - 30
+# Heartbeats stop while a worker drains: the whole drain (grace, hand-over of an upload in
+# flight, clean-up) must end well before STALLED_WORKER_S, past which a silent worker's jobs
+# are taken even while it holds their locks.
+MAX_GRACEFUL_S = STALLED_WORKER_S - HANDOVER_S - SHUTDOWN_SLACK_S - 10
 
 
 @click.command("migrate")
@@ -126,13 +128,16 @@ def sweep_command(limit: int | None) -> None:
 
 
 @click.command("health")
-@database_errors
-def health_command() -> None:
-    """Exit 0 only if both database URLs, the bucket and a fresh worker heartbeat answer."""
+@click.option(
+    "--fleet", is_flag=True, help="Ask whether any worker anywhere is alive, not the one here."
+)
+def health_command(fleet: bool) -> None:
+    """Exit 0 only if both database URLs, the bucket and the worker here answer, within 12 s."""
     settings = load_settings()
-    checks = health.run_checks(settings)
+    checks = health.run_checks(settings, fleet=fleet)
     for check in checks:
         mark = click.style("ok  ", fg="green") if check.ok else click.style("FAIL", fg="red")
         click.echo(f"{mark} {check.name}: {check.detail}")
+    # A check still stuck in a socket runs in a daemon thread: exiting does not wait for it.
     if not all(check.ok for check in checks):
         sys.exit(1)

@@ -1,16 +1,13 @@
-"""Commands over SKUs and their jobs: what the queue holds, one SKU's story, requeueing."""
+"""Commands that read the queue: what it holds, and one SKU's story."""
 
 from __future__ import annotations
 
 import json
-import sys
-from datetime import timedelta
 
 import click
 
-from collage import inspection
+from collage import controls, inspection
 from collage.cli.common import (
-    Duration,
     Fail,
     age,
     cell,
@@ -19,70 +16,6 @@ from collage.cli.common import (
     load_settings,
     table,
 )
-
-
-@click.command("requeue")
-@click.option("--brand", help="Only this brand.")
-@click.option(
-    "--id",
-    "ids",
-    type=click.IntRange(1, 2**63 - 1),
-    multiple=True,
-    help="Only this product id (repeatable).",
-)
-@click.option("--error-like", help="Only errors containing this text, literally (any case).")
-@click.option(
-    "--error-pattern", help="Only errors matching this SQL LIKE pattern (% and _), any case."
-)
-@click.option("--older-than", type=Duration(), help="Only SKUs that failed longer ago (2h, 7d).")
-@click.option("--limit", type=click.IntRange(1), help="At most this many SKUs.")
-@click.option("--dry-run", is_flag=True, help="List what would be requeued; change nothing.")
-@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
-@database_errors
-def requeue_command(
-    brand: str | None,
-    ids: tuple[int, ...],
-    error_like: str | None,
-    error_pattern: str | None,
-    older_than: timedelta | None,
-    limit: int | None,
-    dry_run: bool,
-    yes: bool,
-) -> None:
-    """Put errored SKUs back in the queue (they become 'uploaded'; the trigger queues them)."""
-    where = inspection.RequeueFilter(
-        brand=brand,
-        ids=ids,
-        error_like=error_like,
-        error_pattern=error_pattern,
-        older_than=older_than,
-        limit=limit,
-    )
-    settings = load_settings()
-    with inspection.connect(settings.db_url) as conn:
-        rows = inspection.errored(conn, where)
-        if not rows:
-            click.echo("no errored SKU matches")
-            return
-        if dry_run:
-            for row in rows:
-                click.echo(
-                    f"{row['product_id']}\t{row['brand']}/{row['external_id']}\t"
-                    f"{row['error_message']}"
-                )
-            click.echo(f"{len(rows)} SKU(s) would be requeued")
-            return
-        if where.is_empty and not yes:
-            click.confirm(f"No filter given: requeue all {len(rows)} errored SKU(s)?", abort=True)
-        done = 0
-        ids_to_requeue = [row["product_id"] for row in rows]
-        with click.progressbar(
-            length=len(ids_to_requeue), label="requeueing", file=sys.stderr
-        ) as bar:
-            for count in inspection.requeue(conn, ids_to_requeue):
-                done += count
-                bar.update(count)
-    click.echo(f"requeued {done} SKU(s)")
 
 
 @click.command("jobs")
@@ -98,18 +31,26 @@ def jobs_command(as_json: bool, failures: int) -> None:
             "running": inspection.running(conn),
             "recent_failures": inspection.recent_failures(conn, limit=failures),
             "stalled": inspection.stalled(conn),
+            "pauses": controls.pauses(conn),
         }
     if as_json:
         click.echo(json.dumps(report, default=json_value, indent=2))
         return
     s = report["summary"]
     click.echo(
-        f"waiting {s['waiting']}  retry later {s['retry_later']}  running {s['running']}"
-        f"  stalled {s['stalled']}  workers alive {s['workers_alive']}"
+        f"waiting {s['waiting']}  retry later {s['retry_later']}  paused {s['paused']}"
+        f"  running {s['running']}  stalled {s['stalled']}  workers alive {s['workers_alive']}"
     )
+    for pause in report["pauses"]:
+        scope = "every brand" if pause["scope"] == controls.EVERYTHING else pause["scope"]
+        click.echo(
+            f"PAUSED {scope} since {cell(pause['paused_at'])} by {pause['paused_by']}"
+            f" ({pause['held']} held back){': ' + pause['reason'] if pause['reason'] else ''}"
+        )
     click.echo(f"oldest waiting: {age(s['oldest_waiting_for'])}")
     click.echo(
-        f"SKUs uploaded {s['skus_uploaded']}  error {s['skus_error']}  last hour: built"
+        f"SKUs uploaded {s['skus_uploaded']}  error {s['skus_error']}"
+        f"  cancelled {s['skus_cancelled']}  last hour: built"
         f" {s['built_last_hour']}, errors {s['errors_last_hour']}"
     )
     table("running", report["running"], ["product_id", "brand", "external_id", "running_for"])

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from collage.constants import DEAD_WORKER_S, RESCUE_EVERY_S
 from dev import sandbox
 from dev.photos import solid_jpeg
 from tests.support.processes import (
@@ -19,7 +20,7 @@ from tests.support.processes import (
     statuses,
     wait_settled,
 )
-from tests.support.s3proxy import FaultyProxy, SlowGets
+from tests.support.s3proxy import Fault, FaultyProxy, SlowGets
 
 # --- 5. SIGTERM -----------------------------------------------------------------------------
 
@@ -81,3 +82,41 @@ def test_sigterm_with_a_short_grace_period_queues_the_interrupted_sku_again(
     assert statuses(fdb, [pid])[pid][:2] == ("collage_ready", None)
     assert build_jobs_in(fdb, "todo", "doing") == []
     print(f"SIGTERM, grace 0.5 s: requeued, exit 0 after {exit_s:.2f}s (stalled GET: 4 s)")
+
+
+@pytest.mark.slow
+def test_a_draining_worker_is_never_rescued_from_under_itself(rig: Rig, fdb: Db) -> None:
+    # SIGTERM while a build waits on S3 for longer than a dead worker goes unnoticed: the
+    # draining worker sends no heartbeat, but holds its job's liveness lock, so the other
+    # worker's rescue rounds (every 5 s) leave the job alone and it finishes where it started.
+    urls = rig.upload({"term/drain.jpg": solid_jpeg(30, 20, GREEN)})
+    hold_s = DEAD_WORKER_S + 3 * RESCUE_EVERY_S
+    gets: list[str] = []
+
+    def trickle_first(method: str, path: str) -> Fault | None:
+        if method != "GET" or "/collages/" in path:
+            return None
+        gets.append(path)
+        return Fault(trickle_s=hold_s) if len(gets) == 1 else None
+
+    proxy = FaultyProxy(rig.s3_endpoint, trickle_first)
+    try:
+        draining = rig.spawn("--graceful-timeout", "60", s3_endpoint=proxy.endpoint)
+        [pid] = add_products(fdb, [urls])
+        sandbox.wait_until(lambda: doing_jobs(fdb) and gets, timeout=30, what="the build")
+        rig.spawn(s3_endpoint=proxy.endpoint)  # the one that would rescue
+        signalled = time.monotonic()
+        draining.send(signal.SIGTERM)
+        code = draining.wait(timeout=hold_s + 60)
+        exit_s = time.monotonic() - signalled
+    finally:
+        proxy.close()
+    assert code == 0, draining.tail()
+    assert len(gets) == 1  # downloaded once, by the worker that drained
+    assert statuses(fdb, [pid])[pid][:2] == ("collage_ready", None)
+    jobs = fdb.rows(
+        "SELECT status::text FROM procrastinate_jobs WHERE lock = %s", [f"product:{pid}"]
+    )
+    assert [r[0] for r in jobs] == ["succeeded"], jobs  # never failed by a rescue, never twice
+    assert exit_s > DEAD_WORKER_S  # it really drained longer than a dead worker is given
+    print(f"drain of {exit_s:.1f}s without heartbeats: not rescued, built once, exit 0")

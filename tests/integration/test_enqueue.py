@@ -19,6 +19,16 @@ def _insert(db: psycopg.Connection, status: str | None = "uploaded", urls: objec
     return int(row[0])
 
 
+def args(product_id: int, *, attempt: int, generation: int) -> dict:
+    """A build job's arguments as collage_enqueue writes them (brand: what _insert gives)."""
+    return {
+        "product_id": product_id,
+        "attempt": attempt,
+        "generation": generation,
+        "brand": "brand",
+    }
+
+
 def _jobs(db: psycopg.Connection, product_id: int) -> list[tuple[str, dict]]:
     return [
         (str(status), args)
@@ -31,7 +41,7 @@ def _jobs(db: psycopg.Connection, product_id: int) -> list[tuple[str, dict]]:
 
 def test_inserting_an_uploaded_row_enqueues_one_job(db: psycopg.Connection) -> None:
     pid = _insert(db)
-    assert _jobs(db, pid) == [("todo", {"product_id": pid, "attempt": 0, "generation": 1})]
+    assert _jobs(db, pid) == [("todo", args(pid, attempt=0, generation=1))]
     row = db.execute(
         "SELECT queue_name, task_name, queueing_lock FROM procrastinate_jobs"
     ).fetchone()
@@ -67,8 +77,8 @@ def test_marking_an_uploaded_sku_uploaded_again_starts_a_new_generation(
     )
     assert _generation(db, pid) == 2
     assert _jobs(db, pid) == [
-        ("doing", {"product_id": pid, "attempt": 0, "generation": 1}),
-        ("todo", {"product_id": pid, "attempt": 0, "generation": 2}),
+        ("doing", args(pid, attempt=0, generation=1)),
+        ("todo", args(pid, attempt=0, generation=2)),
     ]
 
 
@@ -77,10 +87,10 @@ def test_a_waiting_job_takes_the_newest_generation_and_an_older_one_never_replac
 ) -> None:
     pid = _insert(db)
     db.execute("UPDATE raw_products SET image_status = 'uploaded' WHERE id = %s", [pid])
-    assert _jobs(db, pid) == [("todo", {"product_id": pid, "attempt": 0, "generation": 2})]
+    assert _jobs(db, pid) == [("todo", args(pid, attempt=0, generation=2))]
     # A retry queued later for generation 1 (a build that just failed) is absorbed.
     db.execute("SELECT collage_enqueue(%s, 1, interval '1 minute', 1)", [pid])
-    assert _jobs(db, pid) == [("todo", {"product_id": pid, "attempt": 0, "generation": 2})]
+    assert _jobs(db, pid) == [("todo", args(pid, attempt=0, generation=2))]
     # Without a generation, the SKU's current one is meant (the sweep, the rescue).
     assert db.execute("SELECT collage_enqueue(%s)", [pid]).fetchone() == (None,)
 
@@ -126,7 +136,7 @@ def test_an_upload_brings_a_parked_retry_forward(db: psycopg.Connection) -> None
     assert row == (True,)
     db.execute("UPDATE raw_products SET image_status = 'uploaded' WHERE id = %s", [pid])
     rows = db.execute("SELECT scheduled_at, args FROM procrastinate_jobs").fetchall()
-    assert rows == [(None, {"product_id": pid, "attempt": 0, "generation": 1})]
+    assert rows == [(None, args(pid, attempt=0, generation=1))]
 
 
 def test_other_errors_in_the_trigger_are_not_swallowed(db: psycopg.Connection) -> None:

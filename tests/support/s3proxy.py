@@ -16,10 +16,15 @@ from urllib.parse import urlsplit
 
 @dataclass
 class Fault:
-    """What the proxy does to one request: answer with `status`, or wait `delay_s` first."""
+    """What the proxy does to one request: answer with `status`, or wait `delay_s` first.
+
+    `trickle_s` spreads the body over that many seconds instead: slower than any timeout would
+    allow at once, yet no single read waits long.
+    """
 
     status: int | None = None
     delay_s: float = 0.0
+    trickle_s: float = 0.0
 
 
 FaultRule = Callable[[str, str], "Fault | None"]
@@ -87,8 +92,17 @@ class FaultyProxy:
                 request.send_header(name, value)
         request.send_header("Content-Length", str(len(data)))
         request.end_headers()
-        if request.command != "HEAD":
+        if request.command == "HEAD":
+            return
+        if not (fault and fault.trickle_s) or not data:
             request.wfile.write(data)
+            return
+        pieces = 50
+        size = max(1, -(-len(data) // pieces))
+        for start in range(0, len(data), size):
+            time.sleep(fault.trickle_s / pieces)
+            request.wfile.write(data[start : start + size])
+            request.wfile.flush()
 
     def close(self) -> None:
         """Stop serving."""
@@ -155,13 +169,18 @@ class RawS3:
             conn.settimeout(5)
             request = b""
             with contextlib.suppress(OSError):
-                while b"\r\n\r\n" not in request:
-                    chunk = conn.recv(65536)
+                while b"\r\n\r\n" not in request and not self.release.is_set():
+                    try:
+                        chunk = conn.recv(65536)
+                    except TimeoutError:
+                        if request and not request[:1].isalpha():
+                            break  # not HTTP (a database client's startup packet): answer anyway
+                        continue
                     if not chunk:
                         return
                     request += chunk
-                path = request.split(b" ", 2)[1].decode()
-                self.answer(conn, path)
+                parts = request.split(b" ", 2)
+                self.answer(conn, parts[1].decode(errors="replace") if len(parts) > 2 else "")
 
     def answer(self, conn: socket.socket, path: str) -> None:
         raise NotImplementedError
@@ -246,3 +265,37 @@ class TrickleS3(RawS3):
         except OSError:
             pass
         record.closed_at = time.monotonic()
+
+
+class SilentServer(RawS3):
+    """Accepts connections and reads the request, then never says a word (a hung service)."""
+
+    def answer(self, conn: socket.socket, path: str) -> None:
+        self.release.wait(120)
+
+
+@dataclass
+class HoldOnce:
+    """A FaultyProxy rule: hold the first GET of each photo until released, pass later ones.
+
+    The worker that sent the first GET is stuck mid-download, for a test to kill it there; the
+    worker that builds the SKU again gets the photo at once. `seen` counts GETs per path.
+    """
+
+    released: threading.Event = field(default_factory=threading.Event)
+    seen: dict[str, int] = field(default_factory=dict)
+    on_hold: Callable[[str], None] | None = None
+
+    def __call__(self, method: str, path: str) -> Fault | None:
+        if method != "GET" or "/collages/" in path:
+            return None
+        first = path not in self.seen
+        self.seen[path] = self.seen.get(path, 0) + 1
+        if first and not self.released.is_set():
+            if self.on_hold is not None:
+                self.on_hold(path)
+            self.released.wait(120)
+        return None
+
+    def held(self, fragment: str) -> bool:
+        return any(fragment in path for path in self.seen)

@@ -72,5 +72,6 @@ def env_of(settings: Settings) -> dict[str, str]:
         "S3_SECRET_KEY": settings.s3_secret_key,
         "S3_BUCKET": settings.s3_bucket,
         "S3_PUBLIC_URL": settings.s3_public_url,
+        "TEMP_DIR": str(settings.temp_dir),
         "LOG_FORMAT": "text",
     }

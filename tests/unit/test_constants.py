@@ -38,7 +38,8 @@ def test_the_sku_lock_is_built_with_the_same_prefix_everywhere() -> None:
 def test_task_and_queue_names_in_sql_are_the_ones_python_registers() -> None:
     settings = found(r"current_setting\('([\w.]+)'")
     assert {s for values in settings.values() for s in values} == {constants.HOURLY_RETRY_SETTING}
-    tasks = found(r"(?<!current_setting\()'(collage\.\w+)'")
+    # Not a setting read back (current_setting) nor a setting's prefix ('collage.tag_' || ...).
+    tasks = found(r"(?<!current_setting\()'(collage\.\w+)'(?!\s*\|\|)")
     assert {t for values in tasks.values() for t in values} <= TASKS
     queues = found(r"queue_name\s*=\s*'(\w+)'") | found(r"VALUES\s*\(\s*'(\w+)',\s*'collage\.")
     assert queues and {q for values in queues.values() for q in values} == {constants.QUEUE}

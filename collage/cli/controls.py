@@ -1,0 +1,178 @@
+"""Commands that change what gets built: requeue, cancel, pause and resume."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import sys
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import click
+
+from collage import controls, inspection
+from collage.cli.common import Duration, database_errors, load_settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def sku_filters(*, errors: bool) -> Callable[[F], F]:
+    """The options that pick SKUs, the same for every command that changes them."""
+
+    def decorate(func: F) -> F:
+        options = [
+            click.option("--brand", help="Only this brand."),
+            click.option(
+                "--id",
+                "ids",
+                type=click.IntRange(1, 2**63 - 1),
+                multiple=True,
+                help="Only this product id (repeatable).",
+            ),
+            click.option(
+                "--older-than",
+                type=Duration(),
+                help="Only SKUs that failed (requeue) or were uploaded (cancel) longer ago.",
+            ),
+            click.option("--limit", type=click.IntRange(1), help="At most this many SKUs."),
+            click.option("--dry-run", is_flag=True, help="List what would change; change nothing."),
+            click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation."),
+        ]
+        if errors:
+            options += [
+                click.option(
+                    "--error-like", help="Only errors containing this text, literally (any case)."
+                ),
+                click.option(
+                    "--error-pattern",
+                    help="Only errors matching this SQL LIKE pattern (% and _), any case.",
+                ),
+            ]
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+def operator() -> str:
+    """Who is acting, for the record: COLLAGE_OPERATOR, else user@host."""
+    return os.environ.get("COLLAGE_OPERATOR") or f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+@click.command("requeue")
+@sku_filters(errors=True)
+@click.option("--cancelled", is_flag=True, help="Requeue cancelled SKUs instead of errored ones.")
+@database_errors
+def requeue_command(
+    brand: str | None,
+    ids: tuple[int, ...],
+    older_than: timedelta | None,
+    limit: int | None,
+    dry_run: bool,
+    yes: bool,
+    error_like: str | None,
+    error_pattern: str | None,
+    cancelled: bool,
+) -> None:
+    """Put errored (or cancelled) SKUs back in the queue: they become 'uploaded' and are queued."""
+    where = controls.SkuFilter(
+        brand=brand,
+        ids=ids,
+        error_like=error_like,
+        error_pattern=error_pattern,
+        older_than=older_than,
+        limit=limit,
+    )
+    status = "cancelled" if cancelled else "error"
+    settings = load_settings()
+    with inspection.connect(settings.db_url) as conn:
+        rows = controls.errored(conn, where, status=status)
+        if not rows:
+            click.echo(f"no {'cancelled' if cancelled else 'errored'} SKU matches")
+            return
+        if dry_run:
+            for row in rows:
+                click.echo(
+                    f"{row['product_id']}\t{row['brand']}/{row['external_id']}\t"
+                    f"{row['error_message']}"
+                )
+            click.echo(f"{len(rows)} SKU(s) would be requeued")
+            return
+        if where.is_empty and not yes:
+            click.confirm(f"No filter given: requeue all {len(rows)} {status} SKU(s)?", abort=True)
+        ids_chosen = [row["product_id"] for row in rows]
+        done = _in_batches(controls.requeue(conn, ids_chosen, status=status), len(ids_chosen))
+    click.echo(f"requeued {done} SKU(s)")
+
+
+@click.command("cancel")
+@sku_filters(errors=False)
+@database_errors
+def cancel_command(
+    brand: str | None,
+    ids: tuple[int, ...],
+    older_than: timedelta | None,
+    limit: int | None,
+    dry_run: bool,
+    yes: bool,
+) -> None:
+    """Cancel waiting builds: the SKUs become 'cancelled' (running builds finish).
+
+    `collage requeue --cancelled` queues them again.
+    """
+    where = controls.SkuFilter(brand=brand, ids=ids, older_than=older_than, limit=limit)
+    settings = load_settings()
+    with inspection.connect(settings.db_url) as conn:
+        rows = controls.waiting(conn, where)
+        if not rows:
+            click.echo("no waiting build matches")
+            return
+        if dry_run:
+            for row in rows:
+                paused = " (paused)" if row["paused"] else ""
+                click.echo(f"{row['product_id']}\t{row['brand']}/{row['external_id']}{paused}")
+            click.echo(f"{len(rows)} build(s) would be cancelled")
+            return
+        if not yes:
+            click.confirm(f"Cancel {len(rows)} waiting build(s)?", abort=True)
+        ids_chosen = [row["product_id"] for row in rows]
+        done = _in_batches(controls.cancel(conn, ids_chosen, by=operator()), len(ids_chosen))
+    click.echo(f"cancelled {done} build(s)")
+
+
+@click.command("pause")
+@click.option("--brand", help="Pause this brand only (default: every brand).")
+@click.option("--reason", help="Why, for whoever looks next (shown by `collage jobs`).")
+@database_errors
+def pause_command(brand: str | None, reason: str | None) -> None:
+    """Stop building (new uploads keep being queued; running builds finish; nothing is lost)."""
+    settings = load_settings()
+    with inspection.connect(settings.db_url) as conn:
+        held = controls.pause(conn, brand, by=operator(), reason=reason)
+    click.echo(f"paused {brand or 'every brand'}: {held} waiting build(s) held back")
+
+
+@click.command("resume")
+@click.option("--brand", help="Resume this brand (default: the pause of every brand).")
+@database_errors
+def resume_command(brand: str | None) -> None:
+    """End a pause: the builds it held back are due again."""
+    settings = load_settings()
+    with inspection.connect(settings.db_url) as conn:
+        due = controls.resume(conn, brand)
+        still = [row["scope"] for row in controls.pauses(conn)]
+    click.echo(f"resumed {brand or 'every brand'}: {due} build(s) due again")
+    if still:
+        click.echo(f"still paused: {', '.join('every brand' if s == '*' else s for s in still)}")
+
+
+def _in_batches(batches: Iterator[int], total: int) -> int:
+    done = 0
+    with click.progressbar(length=total, label="working", file=sys.stderr) as bar:
+        for count in batches:
+            done += count
+            bar.update(count)
+    return done

@@ -1,0 +1,206 @@
+"""What operators do to SKUs: requeue, cancel, pause and resume; one statement a batch.
+
+Synchronous, for the CLI and the web console, through the transaction pool. Every change goes
+through raw_products (the trigger queues) or the jobs' own columns, never around them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+
+from collage.constants import BUILD_TASK, LOCK_PREFIX, QUEUE
+
+Row = dict[str, Any]
+EVERYTHING = "*"  # the scope of a pause of every brand
+
+
+@dataclass(frozen=True, kw_only=True)
+class SkuFilter:
+    """Which SKUs an operator means; all given conditions must hold."""
+
+    brand: str | None = None
+    ids: Sequence[int] = ()
+    error_like: str | None = None  # a literal piece of the message, any case
+    error_pattern: str | None = None  # a LIKE pattern, for who wants % and _
+    older_than: timedelta | None = None
+    limit: int | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        return not (
+            self.brand
+            or self.ids
+            or self.error_like
+            or self.error_pattern
+            or self.older_than
+            or self.limit
+        )
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "brand": self.brand,
+            "ids": list(self.ids),
+            "like": _containing(self.error_like),
+            "pattern": self.error_pattern,
+            "older": self.older_than,
+            "limit": self.limit,
+        }
+
+
+_MATCHES = """
+           AND (%(brand)s::text IS NULL OR p.brand = %(brand)s)
+           AND (cardinality(%(ids)s::bigint[]) = 0 OR p.id = ANY(%(ids)s))
+           AND (%(like)s::text IS NULL OR p.error_message ILIKE %(like)s)
+           AND (%(pattern)s::text IS NULL OR p.error_message ILIKE %(pattern)s)
+"""
+
+
+def errored(conn: psycopg.Connection[Row], where: SkuFilter, *, status: str = "error") -> list[Row]:
+    """List the SKUs in `status` ('error' or 'cancelled') a filter selects, oldest first."""
+    return conn.execute(
+        "SELECT p.id AS product_id, p.brand, p.external_id, p.error_message, p.updated_at"
+        " FROM raw_products p WHERE p.image_status = %(status)s"
+        + _MATCHES
+        + "   AND (%(older)s::interval IS NULL OR p.updated_at < now() - %(older)s::interval)"
+        " ORDER BY p.updated_at, p.id LIMIT %(limit)s",
+        {**where.params(), "status": status},
+    ).fetchall()
+
+
+def requeue(
+    conn: psycopg.Connection[Row],
+    ids: Sequence[int],
+    *,
+    status: str = "error",
+    batch: int = 500,
+) -> Iterator[int]:
+    """Set SKUs still in `status` back to 'uploaded' (the trigger queues them), in batches.
+
+    Yields how many each batch requeued. Their automatic-retry count starts again.
+    """
+    for start in range(0, len(ids), batch):
+        chunk = list(ids[start : start + batch])
+        with conn.transaction():
+            cur = conn.execute(
+                "UPDATE raw_products SET image_status = 'uploaded', error_message = NULL,"
+                " updated_at = now() WHERE id = ANY(%s) AND image_status = %s",
+                [chunk, status],
+            )
+            conn.execute("DELETE FROM collage_retry_rounds WHERE product_id = ANY(%s)", [chunk])
+        yield cur.rowcount
+
+
+def waiting(conn: psycopg.Connection[Row], where: SkuFilter) -> list[Row]:
+    """List the 'uploaded' SKUs whose build waits (not running) that a filter selects."""
+    return conn.execute(
+        "SELECT p.id AS product_id, p.brand, p.external_id, p.uploaded_at,"
+        " j.id AS job_id, j.scheduled_at = 'infinity' AS paused"
+        " FROM raw_products p JOIN procrastinate_jobs j"
+        "   ON j.queueing_lock = %(prefix)s || p.id AND j.status = 'todo'"
+        " WHERE p.image_status = 'uploaded'"
+        + _MATCHES
+        + "   AND (%(older)s::interval IS NULL OR p.uploaded_at < now() - %(older)s::interval)"
+        "   AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs d"
+        "                    WHERE d.lock = %(prefix)s || p.id AND d.status = 'doing')"
+        " ORDER BY p.uploaded_at, p.id LIMIT %(limit)s",
+        {**where.params(), "prefix": LOCK_PREFIX},
+    ).fetchall()
+
+
+def cancel(
+    conn: psycopg.Connection[Row], ids: Sequence[int], *, by: str, batch: int = 500
+) -> Iterator[int]:
+    """Cancel the waiting builds of these SKUs; they become 'cancelled', named in error_message.
+
+    A build already running is left to finish. Yields how many each batch cancelled.
+    """
+    message = f"cancelled by {by}; `collage requeue --cancelled` queues it again"
+    for start in range(0, len(ids), batch):
+        chunk = list(ids[start : start + batch])
+        cur = conn.execute(
+            """
+            WITH chosen AS (
+                SELECT p.id FROM raw_products p
+                 WHERE p.id = ANY(%(ids)s) AND p.image_status = 'uploaded'
+                   AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs d
+                                    WHERE d.lock = %(prefix)s || p.id AND d.status = 'doing')
+                   FOR UPDATE OF p
+            ), jobs AS (
+                UPDATE procrastinate_jobs j SET status = 'cancelled'
+                  FROM chosen WHERE j.queueing_lock = %(prefix)s || chosen.id
+                   AND j.status = 'todo' AND j.task_name = %(task)s
+            )
+            UPDATE raw_products p SET image_status = 'cancelled', error_message = %(message)s,
+                   updated_at = now()
+              FROM chosen WHERE p.id = chosen.id
+            """,
+            {"ids": chunk, "prefix": LOCK_PREFIX, "task": BUILD_TASK, "message": message},
+        )
+        yield cur.rowcount
+
+
+def pause(
+    conn: psycopg.Connection[Row], brand: str | None, *, by: str, reason: str | None = None
+) -> int:
+    """Pause building one brand (or every brand); return how many waiting builds it held back.
+
+    Uploads keep being queued; running builds finish; the pause outlives worker restarts.
+    """
+    scope = brand or EVERYTHING
+    with conn.transaction():
+        conn.execute(
+            "INSERT INTO collage_pauses (scope, paused_by, reason) VALUES (%s, %s, %s)"
+            " ON CONFLICT (scope) DO UPDATE SET paused_by = EXCLUDED.paused_by,"
+            " reason = EXCLUDED.reason",
+            [scope, by, reason],
+        )
+        cur = conn.execute(
+            "UPDATE procrastinate_jobs SET scheduled_at = 'infinity'"
+            " WHERE status = 'todo' AND queue_name = %(queue)s AND task_name = %(task)s"
+            "   AND (%(scope)s = '*' OR args ->> 'brand' = %(scope)s)"
+            "   AND scheduled_at IS DISTINCT FROM 'infinity'",
+            {"queue": QUEUE, "task": BUILD_TASK, "scope": scope},
+        )
+        return cur.rowcount
+
+
+def resume(conn: psycopg.Connection[Row], brand: str | None) -> int:
+    """End a pause; return how many held-back builds are due again (workers poll every second).
+
+    A brand paused on its own stays paused when every brand is resumed, and the reverse.
+    """
+    scope = brand or EVERYTHING
+    with conn.transaction():
+        conn.execute("DELETE FROM collage_pauses WHERE scope = %s", [scope])
+        cur = conn.execute(
+            "UPDATE procrastinate_jobs SET scheduled_at = NULL"
+            " WHERE status = 'todo' AND queue_name = %(queue)s AND task_name = %(task)s"
+            "   AND scheduled_at = 'infinity' AND NOT collage_paused(args ->> 'brand')",
+            {"queue": QUEUE, "task": BUILD_TASK},
+        )
+        return cur.rowcount
+
+
+def pauses(conn: psycopg.Connection[Row]) -> list[Row]:
+    """Every pause in force, with who paused it and how many builds it holds back."""
+    return conn.execute(
+        "SELECT s.scope, s.paused_at, s.paused_by, s.reason,"
+        " (SELECT count(*) FROM procrastinate_jobs j WHERE j.status = 'todo'"
+        "   AND j.scheduled_at = 'infinity' AND j.task_name = %s"
+        "   AND (s.scope = '*' OR j.args ->> 'brand' = s.scope)) AS held"
+        " FROM collage_pauses s ORDER BY s.scope",
+        [BUILD_TASK],
+    ).fetchall()
+
+
+def _containing(text: str | None) -> str | None:
+    """A LIKE pattern that matches `text` literally anywhere (a pasted message may hold % or _)."""
+    if text is None:
+        return None
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"

@@ -1,0 +1,121 @@
+"""SQL on collage_progress: how far a SKU's build got, and how often its worker died there.
+
+A worker that dies takes its memory with it: what it was doing must already be in the
+database for the rescue to say, and to stop rescuing a SKU that kills every worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+import psycopg
+from psycopg import AsyncConnection
+
+logger = logging.getLogger(__name__)
+
+
+async def note(conn: AsyncConnection, product_id: int, generation: int, step: str) -> None:
+    """Record the step a build is at; a new upload starts its count of deaths afresh."""
+    await conn.execute(
+        """
+        INSERT INTO collage_progress AS p (product_id, generation, step) VALUES (%s, %s, %s)
+        ON CONFLICT (product_id) DO UPDATE
+           SET deaths = CASE WHEN p.generation = EXCLUDED.generation THEN p.deaths ELSE 0 END,
+               generation = EXCLUDED.generation, step = EXCLUDED.step, updated_at = now()
+        """,
+        [product_id, generation, step],
+    )
+
+
+async def count_death(conn: AsyncConnection, product_id: int, generation: int) -> tuple[int, str]:
+    """Count one more worker death during this upload's build; return the count and the step."""
+    cur = await conn.execute(
+        """
+        INSERT INTO collage_progress AS p (product_id, generation, step, deaths)
+        VALUES (%s, %s, 'before its first step', 1)
+        ON CONFLICT (product_id) DO UPDATE
+           SET deaths = CASE WHEN p.generation = EXCLUDED.generation THEN p.deaths + 1 ELSE 1 END,
+               step = CASE WHEN p.generation = EXCLUDED.generation THEN p.step
+                           ELSE EXCLUDED.step END,
+               generation = EXCLUDED.generation, updated_at = now()
+        RETURNING deaths, step
+        """,
+        [product_id, generation],
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row[0]), str(row[1])
+
+
+async def forget(conn: AsyncConnection, product_id: int) -> None:
+    """The build's result is recorded: its progress and deaths are history."""
+    await conn.execute("DELETE FROM collage_progress WHERE product_id = %s", [product_id])
+
+
+async def prune(conn: AsyncConnection, *, older_than_hours: int) -> None:
+    """Forget the progress of builds abandoned long ago (their SKUs were settled otherwise)."""
+    await conn.execute(
+        "DELETE FROM collage_progress WHERE updated_at < now() - %s * interval '1 hour'",
+        [older_than_hours],
+    )
+
+
+Connect = Callable[[], contextlib.AbstractAsyncContextManager[AsyncConnection]]
+
+
+class Reporter:
+    """Writes a build's latest step as it changes, one write at a time, newest last.
+
+    `say` may be called from any thread (the builder reports photos from its own); steps that
+    come faster than the database takes them are coalesced. Losing a step costs only precision
+    in a rescue's message, so a failed write is logged and the build goes on.
+    """
+
+    def __init__(self, connect: Connect, *, product_id: int, generation: int) -> None:
+        self._connect, self._product_id, self._generation = connect, product_id, generation
+        self._loop = asyncio.get_running_loop()
+        self._latest: str | None = None
+        self._changed = asyncio.Event()
+        self._writer = asyncio.ensure_future(self._write_changes())
+
+    def say(self, step: str) -> None:
+        """Report a step, from this thread or any other."""
+        self._loop.call_soon_threadsafe(self._set, step)
+
+    async def flush(self, step: str | None = None) -> None:
+        """Report a last step and wait until it is written."""
+        if step is not None:
+            self._set(step)
+        while self._changed.is_set() and not self._writer.done():
+            await asyncio.sleep(0.01)
+
+    async def close(self) -> None:
+        """Stop writing."""
+        self._writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._writer
+
+    def _set(self, step: str) -> None:
+        self._latest = step
+        self._changed.set()
+
+    async def _write_changes(self) -> None:
+        while True:
+            await self._changed.wait()
+            step = self._latest
+            assert step is not None
+            try:
+                await self._write(step)
+            except psycopg.Error as exc:
+                logger.debug(
+                    "build progress not written", extra={"action": "progress", "error": str(exc)}
+                )
+            if self._latest == step:
+                self._changed.clear()
+
+    async def _write(self, step: str) -> None:
+        async with self._connect() as conn:
+            await note(conn, self._product_id, self._generation, step)

@@ -1,0 +1,134 @@
+"""Operators' controls against the real database and worker: pause, resume, cancel, fair shares."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import psycopg
+
+from collage.settings import Settings
+from dev import sandbox
+from dev.photos import jpeg
+from tests.integration.test_cli import run
+from tests.support.skus import StartWorker, add_product, upload, wait_settled
+
+
+def status_of(db: psycopg.Connection, pid: int) -> str:
+    row = db.execute("SELECT image_status FROM raw_products WHERE id = %s", [pid]).fetchone()
+    assert row
+    return str(row[0])
+
+
+def built_count(db: psycopg.Connection) -> int:
+    row = db.execute("SELECT count(*) FROM collage_outcomes WHERE outcome = 'built'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_a_pause_holds_new_uploads_across_a_worker_restart_and_resume_builds_them(
+    db: psycopg.Connection, settings: Settings, s3, start_worker: StartWorker
+) -> None:
+    urls = upload(s3, settings, {"p.jpg": jpeg(40, 50)})
+    paused = run(settings, "pause", "--reason", "S3 maintenance")
+    assert paused.exit_code == 0 and "paused every brand: 0 waiting build(s)" in paused.output
+    worker = start_worker(settings)
+    ids = [add_product(db, urls, brand=b, external_id=f"P-{b}") for b in ("zara", "hm")]
+    time.sleep(2.5)  # two polls and more: a paused build must not start (it would be built)
+    assert [status_of(db, pid) for pid in ids] == ["uploaded", "uploaded"]
+    assert built_count(db) == 0
+    jobs = run(settings, "jobs")
+    assert "paused 2" in jobs.output and "PAUSED every brand" in jobs.output, jobs.output
+    assert "S3 maintenance" in jobs.output
+    summary = json.loads(run(settings, "jobs", "--json").output)["summary"]
+    assert (summary["paused"], summary["waiting"], summary["paused_scopes"]) == (2, 0, ["*"])
+    worker.stop()
+    start_worker(settings)  # the pause lives in the database, not in a worker
+    time.sleep(2.5)
+    assert built_count(db) == 0
+    resumed = run(settings, "resume")
+    assert "resumed every brand: 2 build(s) due again" in resumed.output
+    for pid in ids:
+        assert wait_settled(db, pid)[0] == "collage_ready"
+
+
+def test_pausing_one_brand_lets_the_others_through(
+    db: psycopg.Connection, settings: Settings, s3, start_worker: StartWorker
+) -> None:
+    urls = upload(s3, settings, {"b.jpg": jpeg(40, 50)})
+    run(settings, "pause", "--brand", "zara")
+    start_worker(settings)
+    held = add_product(db, urls, brand="zara", external_id="Z-1")
+    passes = add_product(db, urls, brand="hm", external_id="H-1")
+    assert wait_settled(db, passes)[0] == "collage_ready"
+    assert status_of(db, held) == "uploaded"
+    # Resuming every brand does not end a brand's own pause.
+    assert "still paused: zara" in run(settings, "resume").output
+    time.sleep(1.5)
+    assert status_of(db, held) == "uploaded"
+    run(settings, "resume", "--brand", "zara")
+    assert wait_settled(db, held)[0] == "collage_ready"
+
+
+def test_cancel_takes_waiting_builds_out_and_requeue_brings_them_back(
+    db: psycopg.Connection, settings: Settings, s3, start_worker: StartWorker
+) -> None:
+    urls = upload(s3, settings, {"c.jpg": jpeg(40, 50)})
+    ids = [add_product(db, urls, brand="zara", external_id=f"C-{n}") for n in range(3)]
+    other = add_product(db, urls, brand="hm", external_id="C-hm")
+    dry = run(settings, "cancel", "--brand", "zara", "--dry-run")
+    assert "3 build(s) would be cancelled" in dry.output
+    assert {status_of(db, p) for p in ids} == {"uploaded"}
+    declined = run(settings, "cancel", "--brand", "zara", input="n\n")
+    assert declined.exit_code == 1 and {status_of(db, p) for p in ids} == {"uploaded"}
+    done = run(settings, "cancel", "--brand", "zara", "--yes")
+    assert "cancelled 3 build(s)" in done.output, done.output
+    assert {status_of(db, p) for p in ids} == {"cancelled"}
+    message = db.execute(
+        "SELECT error_message FROM raw_products WHERE id = %s", [ids[0]]
+    ).fetchone()
+    assert message and message[0].startswith("cancelled by ")
+    jobs = db.execute(
+        "SELECT status::text FROM procrastinate_jobs WHERE lock = ANY(%s)",
+        [[f"product:{p}" for p in ids]],
+    ).fetchall()
+    assert {row[0] for row in jobs} == {"cancelled"}
+    start_worker(settings)
+    assert wait_settled(db, other)[0] == "collage_ready"
+    assert {status_of(db, p) for p in ids} == {"cancelled"}  # the hourly retry leaves them too
+    back = run(settings, "requeue", "--cancelled", "--brand", "zara")
+    assert "requeued 3 SKU(s)" in back.output
+    for pid in ids:
+        assert wait_settled(db, pid)[0] == "collage_ready"
+
+
+def test_a_new_brand_is_served_next_to_the_head_of_a_bulk_backlog(
+    db: psycopg.Connection, settings: Settings, s3, start_worker: StartWorker
+) -> None:
+    urls = upload(s3, settings, {"f.jpg": jpeg(20, 20)})
+    db.execute(
+        "INSERT INTO raw_products (external_id, brand, image_urls, image_status)"
+        " SELECT 'bulk-' || n, 'bulk', %s, 'pending' FROM generate_series(1, 300) n",
+        [json.dumps(urls)],
+    )
+    db.execute("UPDATE raw_products SET image_status = 'uploaded' WHERE brand = 'bulk'")
+    start_worker(settings.replace(worker_concurrency=1))
+    sandbox.wait_until(lambda: built_count(db) >= 20, timeout=60, what="the bulk brand to start")
+    newcomer = add_product(db, urls, brand="small", external_id="NEW-1")
+    before = built_count(db)
+    wait_settled(db, newcomer, timeout=60)
+    # How many bulk builds finished between the newcomer's upload and its own build.
+    row = db.execute(
+        "SELECT count(*) FROM collage_outcomes o"
+        " WHERE o.outcome = 'built' AND o.product_id <> %(new)s AND o.id < ("
+        "   SELECT min(id) FROM collage_outcomes WHERE product_id = %(new)s)",
+        {"new": newcomer},
+    ).fetchone()
+    assert row
+    overtaken_by = int(row[0]) - before
+    print(f"\nnew brand behind a 300-SKU backlog: started after {overtaken_by} more bulk builds")
+    assert overtaken_by <= 10
+    waiting = db.execute(
+        "SELECT count(*) FROM procrastinate_jobs"
+        " WHERE status = 'todo' AND args ->> 'brand' = 'bulk'"
+    ).fetchone()
+    assert waiting and waiting[0] > 100  # the bulk backlog was still there
