@@ -286,7 +286,7 @@ def resampler_study(reps: int) -> None:
         source.copy()
 
     cases = {
-        "Pillow BICUBIC (today)": lambda: pillow("BICUBIC"),
+        "Pillow BICUBIC (before OpenCV)": lambda: pillow("BICUBIC"),
         "Pillow LANCZOS": lambda: pillow("LANCZOS"),
         "OpenCV INTER_CUBIC, cv2.resize alone": lambda: cv2.resize(
             array, size, interpolation=cv2.INTER_CUBIC
