@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import select
 import struct
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -79,48 +82,64 @@ def _serve(job: dict[str, Any], stdout: IO[bytes], cpu_s: float, resource: Any) 
     resource.setrlimit(resource.RLIMIT_CPU, (int(start + cpu_s) + 1, hard))
     Path("/proc/self/clear_refs").write_text("5")  # the peak below is this job's
     current: list[str] = []
+    lock = threading.Lock()  # photos are reported decoded from the decoding threads
+
+    def send(frame: tuple[Any, ...]) -> None:
+        with lock:
+            write_frame(stdout, frame)
 
     def on_photo(index: int, label: str) -> None:
         current[:] = [label]
-        write_frame(stdout, ("photo", (index, label)))
+        send(("photo", (index, label)))
 
     def spent() -> float:
         now = resource.getrusage(resource.RUSAGE_SELF)
         return now.ru_utime + now.ru_stime - start
 
     try:
-        jpeg = imaging.build_collage(
+        built = imaging.build(
             job["photos"],
             quality=job["quality"],
             names=job["names"],
             limits=job["limits"],
             on_photo=on_photo,
+            on_decode=lambda index, done: send(("decoded" if done else "decoding", index)),
+            max_bytes=job["max_bytes"],
+            min_quality=job["min_quality"],
+            ahead_pixels=job["ahead_pixels"],
         )
-    except MemoryError:
-        _out_of_memory(stdout, current, spent())
+    except MemoryError as exc:  # PhotoOutOfMemory says which photo
+        _out_of_memory(send, getattr(exc, "label", None) or _last(current), spent())
     except PhotoUnreadable as exc:
         # libwebp reports a failed allocation as a decoder it could not create: if the photo's
         # canvas could not fit in what is left of the budget, that is what happened.
-        index = int(current[0].split()[1]) - 1 if current else 0
-        size = imaging.webp_size(job["photos"][index]) if job["photos"] else None
+        found = re.match(r"photo (\d+)", exc.message)
+        index = int(found[1]) - 1 if found else 0
+        size = imaging.webp_size(job["photos"][index]) if index < len(job["photos"]) else None
         left = resource.getrlimit(resource.RLIMIT_AS)[0] - _status("VmSize")
         if size is not None and size[0] * size[1] * 4 > left:
-            _out_of_memory(stdout, current, spent())
-        write_frame(stdout, ("failed", type(exc).__name__, exc.message))
+            _out_of_memory(send, exc.message.split(" cannot ")[0], spent())
+        send(("failed", type(exc).__name__, exc.message))
     except CollageError as exc:
-        write_frame(stdout, ("failed", type(exc).__name__, exc.message))
+        send(("failed", type(exc).__name__, exc.message))
     except Exception as exc:  # OpenCV says "Insufficient memory" in its own exception type
         if "memory" in str(exc).lower():
-            _out_of_memory(stdout, current, spent())
+            _out_of_memory(send, _last(current), spent())
         from collage.errors import one_line
 
-        write_frame(stdout, ("bug", f"{type(exc).__name__}: {one_line(exc)}"))
+        send(("bug", f"{type(exc).__name__}: {one_line(exc)}"))
     else:
-        write_frame(stdout, ("built", jpeg, spent(), _status("VmHWM")))
+        send(("built", built.jpeg, built.quality, spent(), _status("VmHWM")))
 
 
-def _out_of_memory(stdout: IO[bytes], current: list[str], cpu_s: float) -> None:
-    write_frame(stdout, ("memory", current[0] if current else None, cpu_s, _status("VmHWM")))
+def _last(current: list[str]) -> str | None:
+    return current[0] if current else None
+
+
+def _out_of_memory(
+    send: Callable[[tuple[Any, ...]], None], label: str | None, cpu_s: float
+) -> None:
+    send(("memory", label, cpu_s, _status("VmHWM")))
     os._exit(3)  # whatever failed to allocate may have left the heap in pieces: start afresh
 
 

@@ -9,47 +9,15 @@ comes out through the child's stdin and stdout (bin/bench-imaging --ipc measures
 from __future__ import annotations
 
 import os
-import pickle
-import signal
-import subprocess
-import sys
-import tempfile
 import threading
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import IO, Any
 
-from collage.build_child import HEADER, MIB, read_exact, write_frame
-from collage.errors import CollageError, OverBudget, PhotoUnreadable, Transient
-from collage.imaging import Limits, check_arguments
+from collage.build_child import MIB
+from collage.build_process import Budget, BuildProcess, Collage, TwoDecoding
+from collage.errors import Transient
+from collage.imaging import AHEAD_PIXELS, MIN_QUALITY, Limits, check_arguments
 
-# Signals a decoder raises on itself when its input breaks it (SIGKILL is another story).
-_CRASHES = {signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL, signal.SIGFPE}
-
-
-@dataclass(frozen=True)
-class Collage:
-    """A collage built in a child process, with what it cost there."""
-
-    jpeg: bytes
-    cpu_s: float
-    peak_rss: int  # bytes: the child's peak resident memory during this job
-
-
-@dataclass(frozen=True)
-class Budget:
-    """What one build may use; past it the child is stopped and the SKU gets 'error'."""
-
-    # The slowest real collage at the limits (150 MP canvas, 64 MP photos, ICC conversions)
-    # costs about 6 s of CPU here: 30 s stops a decoding bomb long before a worker notices.
-    cpu_s: float = 30.0
-    # Address space a job may add to a child's own (imports, about 280 MiB). The worst accepted
-    # job at the limits, a 64 MP lossless WebP on a 150 MP canvas, peaks at 1.6 GiB RSS
-    # (docs/imaging.md: Pillow's WebP decoder holds 3 copies of the photo): two fit in 4 GB.
-    memory_bytes: int = 1792 * MIB
-    # Wall clock per job, for a child that hangs without spending CPU; generous under load.
-    wall_s: float = 120.0
+__all__ = ["MIB", "Budget", "Builder", "Collage"]
 
 
 class Builder:
@@ -59,18 +27,20 @@ class Builder:
         self,
         *,
         limits: Limits | None = None,
-        budget: Budget = Budget(),  # frozen: sharing the default is safe
+        budget: Budget | None = None,
         processes: int = 2,
         jobs_per_child: int = 200,
+        ahead_pixels: int = AHEAD_PIXELS,
     ) -> None:
-        self.limits, self.budget = limits or Limits(), budget
-        self.jobs_per_child = jobs_per_child
-        self._idle: list[_Child] = []
+        self.limits, self.budget = limits or Limits(), budget or Budget()
+        self.jobs_per_child, self.ahead_pixels = jobs_per_child, ahead_pixels
+        self._idle: list[BuildProcess] = []
         self._lock = threading.Lock()
+        self._running, self._cores = 0, len(os.sched_getaffinity(0))
         self._slots = threading.BoundedSemaphore(processes)
         self._closed = False
         for _ in range(processes):  # started now, so the first jobs do not wait for imports
-            self._idle.append(_Child.start(budget))
+            self._idle.append(BuildProcess.start(self.budget))
 
     def build(
         self,
@@ -79,23 +49,40 @@ class Builder:
         quality: int = 95,
         names: Sequence[str] | None = None,
         on_photo: Callable[[int, str], object] | None = None,
+        max_bytes: int | None = None,
+        min_quality: int = MIN_QUALITY,
     ) -> Collage:
         """Build one collage in a child; raise what build_collage would, or OverBudget.
 
-        `on_photo(index, label)` is called in this thread as the child reaches each photo.
+        `on_photo(index, label)` is called in this thread as the child starts on each photo.
+        With `max_bytes`, the collage is encoded again at the highest quality down to
+        `min_quality` that fits; Collage.quality says which. The child decodes the next photo
+        while one is pasted (imaging.build's `ahead_pixels`) only while a core is free.
         """
-        check_arguments(photos, quality=quality, names=names)
-        with self._slots:
-            child = self._take()
-            try:
-                result = child.run(
-                    photos, quality=quality, names=names, limits=self.limits, on_photo=on_photo
-                )
-            except BaseException:
-                child.kill()
-                raise
-            self._give_back(child)
-            return result
+        check_arguments(
+            photos, quality=quality, names=names, max_bytes=max_bytes, min_quality=min_quality
+        )
+        with self._lock:
+            self._running += 1
+            # Decode ahead only with a core to spare: it saves wall time, not CPU (it costs a
+            # few percent more), so with every core building it would only slow the others.
+            spare = self._running < self._cores
+        options = {
+            "quality": quality,
+            "names": names,
+            "max_bytes": max_bytes,
+            "min_quality": min_quality,
+            "ahead_pixels": self.ahead_pixels if spare else 0,
+        }
+        try:
+            return self._run(photos, options, on_photo)
+        except TwoDecoding:
+            # A crash with two photos decoding names neither: build again one photo at a
+            # time, in a new child, so that the error (or the collage) is the right one.
+            return self._run(photos, {**options, "ahead_pixels": 0}, on_photo)
+        finally:
+            with self._lock:
+                self._running -= 1
 
     def close(self) -> None:
         """Stop every child; builds still running end with Transient."""
@@ -111,7 +98,23 @@ class Builder:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _take(self) -> _Child:
+    def _run(
+        self,
+        photos: Sequence[bytes],
+        options: dict[str, object],
+        on_photo: Callable[[int, str], object] | None,
+    ) -> Collage:
+        with self._slots:
+            child = self._take()
+            try:
+                result = child.run(photos, options=options, limits=self.limits, on_photo=on_photo)
+            except BaseException:
+                child.kill()
+                raise
+            self._give_back(child)
+            return result
+
+    def _take(self) -> BuildProcess:
         with self._lock:
             if self._closed:
                 raise Transient("the collage builder is shutting down")
@@ -120,179 +123,11 @@ class Builder:
                 if child.alive():
                     return child
                 child.kill()
-        return _Child.start(self.budget)
+        return BuildProcess.start(self.budget)
 
-    def _give_back(self, child: _Child) -> None:
+    def _give_back(self, child: BuildProcess) -> None:
         with self._lock:
             if not self._closed and child.jobs < self.jobs_per_child and child.alive():
                 self._idle.append(child)
                 return
         child.stop()
-
-
-class _Child:
-    """One child process and the pipes to it."""
-
-    def __init__(self, process: subprocess.Popen[bytes], stderr: IO[bytes], budget: Budget):
-        self.process, self.stderr, self.budget = process, stderr, budget
-        self.jobs = 0
-        self.ready = False
-
-    @classmethod
-    def start(cls, budget: Budget) -> _Child:
-        env = {
-            **os.environ,
-            # One job, one core: numpy's OpenBLAS and OpenCV would start a thread per core.
-            "OPENBLAS_NUM_THREADS": "1",
-            "OMP_NUM_THREADS": "1",
-            # Keep freed canvas memory for the next job (docs/imaging.md: the warm worker).
-            "PILLOW_BLOCKS_MAX": os.environ.get("PILLOW_BLOCKS_MAX", "32"),
-            "COLLAGE_CHILD_CPU_S": repr(budget.cpu_s),
-            "COLLAGE_CHILD_MEMORY_BYTES": str(budget.memory_bytes),
-            "COLLAGE_CHILD_PARENT_PID": str(os.getpid()),
-        }
-        # libtiff and libjpeg print warnings straight to file descriptor 2: keep them out of the
-        # worker's log stream, and at hand for a crash report.
-        stderr = tempfile.TemporaryFile(prefix="collage-child-")  # noqa: SIM115 - the child's
-        process = subprocess.Popen(
-            [sys.executable, "-m", "collage.build_child"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            env=env,
-            close_fds=True,
-        )
-        return cls(process, stderr, budget)
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def run(
-        self,
-        photos: Sequence[bytes],
-        *,
-        quality: int,
-        names: Sequence[str] | None,
-        limits: Limits,
-        on_photo: Callable[[int, str], object] | None = None,
-    ) -> Collage:
-        deadline = time.monotonic() + self.budget.wall_s
-        if not self.ready:
-            self._expect("ready", time.monotonic() + 60)
-            self.ready = True
-        self.jobs += 1
-        job = {"photos": list(photos), "quality": quality, "names": names, "limits": limits}
-        try:
-            write_frame(self.process.stdin, job)
-        except (BrokenPipeError, OSError):
-            self._died(None, deadline)
-        photo = None
-        while True:
-            frame = self._read(deadline, photo)
-            kind = frame[0]
-            if kind == "photo":
-                photo = frame[1]
-                if on_photo is not None:
-                    on_photo(*photo)
-            elif kind == "built":
-                _, jpeg, cpu_s, peak = frame
-                return Collage(jpeg=jpeg, cpu_s=cpu_s, peak_rss=peak)
-            elif kind == "failed":
-                _, error_class, message = frame
-                raise _error_class(error_class)(message)
-            elif kind == "bug":
-                raise RuntimeError(frame[1])
-            elif kind == "memory":
-                _, label, cpu_s, peak = frame
-                raise OverBudget(
-                    f"{label or 'the collage'} needs more than {self.budget.memory_bytes // MIB:,}"
-                    f" MiB to build, the limit per collage ({cpu_s:.1f} s CPU, "
-                    f"{peak / MIB:,.0f} MiB peak)"
-                )
-
-    def _expect(self, kind: str, deadline: float) -> None:
-        frame = self._read(deadline, None)
-        if frame[0] != kind:
-            raise RuntimeError(f"collage child said {frame[0]!r}, not {kind!r}")
-
-    def _read(self, deadline: float, photo: tuple[int, str] | None) -> tuple[Any, ...]:
-        stdout = self.process.stdout
-        assert stdout is not None
-        try:
-            header = read_exact(stdout, HEADER.size, deadline)
-            if header is None:
-                self._died(photo, deadline)
-            body = read_exact(stdout, HEADER.unpack(header)[0], deadline)
-            if body is None:
-                self._died(photo, deadline)
-        except TimeoutError:
-            self.kill()
-            where = photo[1] if photo else "the collage"
-            raise OverBudget(
-                f"{where} took over {self.budget.wall_s:.0f} s to build, the limit per collage;"
-                " it was stopped"
-            ) from None
-        return pickle.loads(body)  # noqa: S301 - written by this module's own child
-
-    def _died(self, photo: tuple[int, str] | None, deadline: float) -> None:
-        """Raise the error a child's death means, with what it had spent."""
-        try:
-            _, status, usage = os.wait4(self.process.pid, 0)
-        except ChildProcessError:
-            status, usage = 0, None
-        self.process.returncode = os.waitstatus_to_exitcode(status)
-        cpu = f"{usage.ru_utime + usage.ru_stime:.1f} s CPU" if usage else "CPU unknown"
-        peak = f"{usage.ru_maxrss * 1024 / MIB:,.0f} MiB peak" if usage else "peak unknown"
-        where = photo[1] if photo else "the collage"
-        doing = "decoding" if photo else "building"
-        code = self.process.returncode
-        self.stderr.close()
-        if code == -signal.SIGXCPU:
-            raise OverBudget(
-                f"{where} took over {self.budget.cpu_s:.0f} s of CPU to decode, the limit per"
-                f" collage; it was stopped ({cpu}, {peak})"
-            )
-        if code < 0 and -code in _CRASHES:
-            name = signal.Signals(-code).name
-            raise PhotoUnreadable(
-                f"{where} cannot be decoded: the decoder crashed ({name}) while {doing} it"
-                f" ({cpu}, {peak})"
-            )
-        if code == -signal.SIGKILL:
-            # Killed from outside (the kernel's OOM killer, an operator): maybe not this SKU's
-            # fault, so retried like an outage, a bounded number of times.
-            raise Transient(f"the build process was killed (SIGKILL) while {doing} {where}")
-        raise Transient(f"the build process exited ({code}) while {doing} {where}")
-
-    def kill(self) -> None:
-        """End the child now, whatever it is doing."""
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
-        self._close_pipes()
-
-    def stop(self) -> None:
-        """Let an idle child finish: end of input, then a kill if it lingers."""
-        try:
-            if self.process.stdin:
-                self.process.stdin.close()
-            self.process.wait(timeout=5)
-        except (OSError, subprocess.TimeoutExpired):
-            self.process.kill()
-            self.process.wait()
-        self._close_pipes()
-
-    def _close_pipes(self) -> None:
-        for pipe in (self.process.stdin, self.process.stdout, self.stderr):
-            if pipe and not pipe.closed:
-                pipe.close()
-
-
-def _error_class(name: str) -> type[CollageError]:
-    """Return the CollageError subclass of that name."""
-    from collage import errors
-
-    found = getattr(errors, name, None)
-    if isinstance(found, type) and issubclass(found, CollageError):
-        return found
-    raise RuntimeError(f"collage child raised an unknown error class {name!r}")

@@ -16,6 +16,7 @@ from types import ModuleType
 
 from PIL import ExifTags, Image, ImageCms, ImageFile
 
+from collage.avif import clean_aperture
 from collage.errors import PhotoUnreadable, TooLarge, one_line
 
 # What scraped product photos come as; EPS and the rare plugins are left out on purpose (EPS
@@ -65,11 +66,14 @@ class Photo:
     image: ImageFile.ImageFile
     label: str
     orientation: int
+    crop: tuple[int, int, int, int] | None = None  # an AVIF's clean aperture, before turning
 
     @property
     def size(self) -> tuple[int, int]:
-        """Return the size as a browser shows it, after the EXIF orientation."""
+        """Return the size as a browser shows it, after any crop and the EXIF orientation."""
         width, height = self.image.size
+        if self.crop is not None:
+            width, height = self.crop[2] - self.crop[0], self.crop[3] - self.crop[1]
         return (height, width) if self.orientation >= 5 else (width, height)
 
 
@@ -135,13 +139,14 @@ def open_photo(data: bytes, label: str, limits: Limits) -> Photo:
         ) from None
     except Exception as exc:  # Pillow raises many kinds on malformed headers
         raise PhotoUnreadable(f"{label} cannot be read: {one_line(exc)}") from exc
-    photo = Photo(image, label, orientation)
     if image.format == "JPEG" and (scans := _jpeg_scans(data)) > limits.max_scans:
         raise TooLarge(
             f"{label} is a JPEG of {scans:,} scans; at most {limits.max_scans:,} are allowed"
         )
-    _check_photo_size(label, *photo.size, limits)
-    return photo
+    # The whole coded image is decoded before any crop: its size is what the limit bounds.
+    _check_photo_size(label, *Photo(image, label, orientation).size, limits)
+    crop = clean_aperture(data, image.size) if image.format == "AVIF" else None
+    return Photo(image, label, orientation, crop)
 
 
 def _check_photo_size(label: str, width: int, height: int, limits: Limits) -> None:
@@ -212,7 +217,11 @@ def decode(photo: Photo, srgb: ImageCms.ImageCmsProfile) -> Image.Image:
     """Decode a photo into 8-bit sRGB, upright and flattened on white, as a browser shows it."""
     try:
         photo.image.load()
-        image = _to_srgb(photo.image, srgb)
+        image = photo.image
+        if photo.crop is not None:  # MIAF's order: the clean aperture, then the turn
+            image = image.crop(photo.crop)
+            photo.image.close()
+        image = _to_srgb(image, srgb)
     except MemoryError:
         raise
     except Exception as exc:  # truncated or corrupt data; Pillow raises many kinds

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from PIL import Image, ImageCms
 
 from collage.decoding import FORMATS, Limits, Photo, decode, open_photo, opencv, webp_size
-from collage.errors import NoPhotos, TooLarge
+from collage.encoding import Encoded, fit
+from collage.errors import CollageError, NoPhotos, TooLarge
 
-__all__ = ["FORMATS", "Layout", "Limits", "build_collage", "plan_layout", "scale", "webp_size"]
+__all__ = [
+    "FORMATS",
+    "Encoded",
+    "Layout",
+    "Limits",
+    "PhotoOutOfMemory",
+    "build",
+    "build_collage",
+    "plan_layout",
+    "scale",
+    "webp_size",
+]
 
 # Upscaling from 0.6x and 0.8x, BICUBIC comes within 0.4-0.7 dB of LANCZOS for 27 % less CPU;
 # BILINEAR saves a third more and loses 0.9-1.6 dB (bin/bench-imaging --filters, docs/imaging.md).
@@ -20,6 +33,14 @@ RESAMPLING = Image.Resampling.BICUBIC
 # Who scales a photo up: OpenCV's SIMD bicubic costs about a sixth of Pillow's plain C one and is
 # 0.2 dB closer to the original (docs/imaging.md). "pillow" is the path before it, for comparison.
 RESAMPLER = "opencv"
+# The lowest quality a size limit may push a collage to: below 70, 4:4:4 JPEG's blocks and
+# ringing start to show on product photos' edges and small print.
+MIN_QUALITY = 70
+# The next photo is decoded while the current one is scaled and pasted (the large benchmark SKU
+# builds in N % less time with a core free) only when the two have at most this many pixels
+# together: every accepted job then stays below the worst case one photo at a time already
+# has (a 64 MP lossless WebP, 1.6 GiB), which this never pairs (docs/imaging.md).
+AHEAD_PIXELS = 24_000_000
 
 
 @dataclass(frozen=True)
@@ -42,20 +63,39 @@ def plan_layout(sizes: Sequence[tuple[int, int]]) -> Layout:
     return Layout(tuple(max(1, (2 * w * height + h) // (2 * h)) for w, h in sizes), height)
 
 
-def build_collage(
+def build_collage(photos: Sequence[bytes], **options: Any) -> bytes:
+    """Scale every photo to the tallest one and join them left to right into one sRGB JPEG.
+
+    Takes build()'s options and returns only the JPEG.
+    """
+    return build(photos, **options).jpeg
+
+
+def build(
     photos: Sequence[bytes],
     *,
     quality: int = 95,
     limits: Limits | None = None,
     names: Sequence[str] | None = None,
     on_photo: Callable[[int, str], object] | None = None,
-) -> bytes:
-    """Scale every photo to the tallest one and join them left to right into one sRGB JPEG.
+    on_decode: Callable[[int, bool], object] | None = None,
+    max_bytes: int | None = None,
+    min_quality: int = MIN_QUALITY,
+    ahead_pixels: int = AHEAD_PIXELS,
+) -> Encoded:
+    """Build the collage; return the JPEG and the quality it was encoded at.
 
-    `on_photo(index, label)` is told before each photo is read and again before it is decoded,
-    so that whoever watches a build knows which photo it was on when it died.
+    `on_photo(index, label)` is told before each photo is read and again before it is decoded;
+    `on_decode(index, done)` as its decoding starts and (from another thread) ends, so that
+    whoever watches a build knows which photos it was decoding when it died. The next photo is
+    decoded while the current one is scaled and pasted when the two have at most
+    `ahead_pixels` together (0: never). With
+    `max_bytes`, a JPEG larger than that is encoded again at the highest quality down to
+    `min_quality` that fits (never at a lower resolution), or TooLarge names the size reached.
     """
-    check_arguments(photos, quality=quality, names=names)
+    check_arguments(
+        photos, quality=quality, names=names, max_bytes=max_bytes, min_quality=min_quality
+    )
     limits = limits or Limits()
     if not photos:
         raise NoPhotos()
@@ -72,22 +112,78 @@ def build_collage(
     srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
     if len(opened) == 1:
         told(1, opened[0].label)
+        if on_decode is not None:
+            on_decode(1, False)
         collage = decode(opened[0], srgb)
+        if on_decode is not None:
+            on_decode(1, True)
     else:
-        # One photo decoded at a time: peak memory is the canvas plus one photo and its copy.
-        collage = Image.new("RGB", (layout.width, layout.height))
-        x = 0
-        # Drop every reference to a photo once it is pasted: Pillow's WebP decoder keeps its own
-        # copy of the canvas until the image object itself is freed (256 MiB at 64 MP).
-        pending: list[Photo | None] = [*opened]
-        del opened
-        for index, width in enumerate(layout.widths, start=1):
-            photo, pending[index - 1] = pending[index - 1], None
-            assert photo is not None
-            told(index, photo.label)
-            panel = decode(photo, srgb)
-            if panel.size != (width, layout.height):
-                panel = scale(panel, (width, layout.height))
+        collage = _join(opened, layout, srgb, told, on_decode, ahead_pixels)
+    return fit(
+        collage, quality=quality, max_bytes=max_bytes, min_quality=min_quality, icc=srgb.tobytes()
+    )
+
+
+class PhotoOutOfMemory(MemoryError):
+    """Decoding or scaling one photo ran out of memory; `label` says which."""
+
+    def __init__(self, label: str) -> None:
+        super().__init__(label)
+        self.label = label
+
+
+def _join(
+    opened: list[Photo],
+    layout: Layout,
+    srgb: ImageCms.ImageCmsProfile,
+    told: Callable[[int, str], object],
+    on_decode: Callable[[int, bool], object] | None,
+    ahead_pixels: int,
+) -> Image.Image:
+    """Decode, scale and paste each photo in turn, the next one decoding while one is pasted.
+
+    Two photos at most are in memory beside the canvas (one only where they are large), and
+    each is freed as soon as it is pasted: Pillow's WebP decoder keeps its own copy of the
+    canvas until the image object itself is freed (256 MiB at 64 MP).
+    """
+    collage = Image.new("RGB", (layout.width, layout.height))
+    # Two threads: the photo being pasted may still be decoding when the next one starts.
+    # Pillow and OpenCV let go of the GIL while they decode, convert, scale and paste.
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="collage-decode")
+    pending: dict[int, Future[Image.Image]] = {}
+    pixels = [photo.image.size[0] * photo.image.size[1] for photo in opened]
+    labels = [photo.label for photo in opened]
+    unpasted: list[Photo | None] = [*opened]  # each dropped once pasted
+    opened.clear()
+
+    def start(i: int) -> None:
+        photo = unpasted[i]
+        assert photo is not None
+        told(i + 1, photo.label)
+        if on_decode is not None:
+            on_decode(i + 1, False)
+        pending[i] = pool.submit(decode, photo, srgb)
+        if on_decode is not None:
+            pending[i].add_done_callback(lambda _, index=i + 1: on_decode(index, True))
+
+    x = 0
+    try:
+        for i, width in enumerate(layout.widths):
+            if i not in pending:
+                start(i)
+            if i + 1 < len(pixels) and pixels[i] + pixels[i + 1] <= ahead_pixels:
+                start(i + 1)
+            photo, unpasted[i] = unpasted[i], None
+            try:
+                panel = pending.pop(i).result()
+                if panel.size != (width, layout.height):
+                    panel = scale(panel, (width, layout.height))
+            except MemoryError as exc:
+                raise PhotoOutOfMemory(labels[i]) from exc
+            except Exception as exc:  # OpenCV says "Insufficient memory" in its own type
+                if "memory" in str(exc).lower() and not isinstance(exc, CollageError):
+                    raise PhotoOutOfMemory(labels[i]) from exc
+                raise
             if panel.mode == "RGBX":
                 # Pillow stores RGB as 4 bytes a pixel too: the core paste copies the scaled
                 # pixels as they are, where Image.paste would first convert a copy to RGB.
@@ -95,25 +191,37 @@ def build_collage(
             else:
                 collage.paste(panel, (x, 0))
             panel.close()
+            assert photo is not None
             photo.image.close()
-            del photo, panel
+            del panel, photo
             x += width
-    out = io.BytesIO()
-    # Baseline, not optimized: at 60 MP progressive takes 5.9x the encoding CPU and 340 MiB more
-    # memory for files 8 % smaller, optimize 2.9x and 340 MiB for 4 % (docs/imaging.md).
-    # comment=b"" keeps a source JPEG's comment out of a single-photo collage.
-    collage.save(
-        out, "JPEG", quality=quality, subsampling=0, icc_profile=srgb.tobytes(), comment=b""
-    )
-    return out.getvalue()
+    except BaseException:
+        # Do not wait for the next photo (it may be a slow one) to say what went wrong.
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return collage
 
 
-def check_arguments(photos: Sequence[bytes], *, quality: int, names: Sequence[str] | None) -> None:
-    """Raise ValueError for a quality or names build_collage cannot take (a caller's bug)."""
+def check_arguments(
+    photos: Sequence[bytes],
+    *,
+    quality: int,
+    names: Sequence[str] | None,
+    max_bytes: int | None = None,
+    min_quality: int = MIN_QUALITY,
+) -> None:
+    """Raise ValueError for arguments build_collage cannot take (a caller's bug)."""
     if not 1 <= quality <= 100:
         raise ValueError(f"JPEG quality must be between 1 and 100, not {quality!r}")
     if names is not None and len(names) != len(photos):
         raise ValueError(f"{len(names)} names for {len(photos)} photos")
+    if max_bytes is not None and max_bytes < 1:
+        raise ValueError(f"max_bytes must be at least 1, not {max_bytes!r}")
+    if max_bytes is not None and not 1 <= min_quality <= quality:
+        raise ValueError(
+            f"min_quality must be between 1 and quality {quality}, not {min_quality!r}"
+        )
 
 
 def load_resampler() -> None:

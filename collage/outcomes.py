@@ -28,13 +28,15 @@ class Outcome:
     photos: int | None = None
     bytes_out: int | None = None
     duration_s: float | None = None
+    # The JPEG quality of a built collage: below COLLAGE_QUALITY only to fit COLLAGE_MAX_BYTES.
+    quality: int | None = None
 
 
 async def record(conn: AsyncConnection, outcome: Outcome) -> None:
     """Append one attempt's result to the ledger."""
     await conn.execute(
         "INSERT INTO collage_outcomes (product_id, job_id, outcome, error_class, message,"
-        " photos, bytes_out, duration_s) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        " photos, bytes_out, duration_s, quality) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
         [
             outcome.product_id,
             outcome.job_id,
@@ -44,6 +46,7 @@ async def record(conn: AsyncConnection, outcome: Outcome) -> None:
             outcome.photos,
             outcome.bytes_out,
             outcome.duration_s,
+            outcome.quality,
         ],
     )
 

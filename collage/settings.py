@@ -45,6 +45,8 @@ class Settings:
     s3_originals_prefix: str = DEFAULT_ORIGINALS_PREFIX
     batch_size: int = 100
     collage_quality: int = 95
+    collage_max_bytes: int | None = None  # off: collages of any size
+    collage_min_quality: int = 70  # the lowest quality collage_max_bytes may push a collage to
     worker_concurrency: int = 2
     build_cpu_s: int = 30
     build_memory_mb: int = 1792
@@ -60,6 +62,11 @@ class Settings:
             host = urlsplit(self.s3_endpoint).netloc
             object.__setattr__(self, "s3_public_url", f"https://{self.s3_bucket}.{host}")
         object.__setattr__(self, "s3_public_url", self.s3_public_url.rstrip("/"))
+        if self.collage_max_bytes is not None and self.collage_min_quality > self.collage_quality:
+            raise ConfigError(
+                f"COLLAGE_MIN_QUALITY is invalid: {self.collage_min_quality} is above"
+                f" COLLAGE_QUALITY {self.collage_quality}"
+            )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -79,6 +86,10 @@ class Settings:
             ),
             batch_size=_optional(env, "BATCH_SIZE", _int_between(1, 10_000), 100),
             collage_quality=_optional(env, "COLLAGE_QUALITY", _int_between(1, 100), 95),
+            collage_max_bytes=_optional(
+                env, "COLLAGE_MAX_BYTES", _int_between(1024, 2**31 - 1), None
+            ),
+            collage_min_quality=_optional(env, "COLLAGE_MIN_QUALITY", _int_between(1, 100), 70),
             worker_concurrency=_optional(env, "WORKER_CONCURRENCY", _int_between(1, 64), 2),
             build_cpu_s=_optional(env, "COLLAGE_CPU_LIMIT_S", _int_between(1, 3600), 30),
             build_memory_mb=_optional(

@@ -39,6 +39,7 @@ class Made:
     photos: int
     cpu_s: float = 0.0  # what the build cost in its child process
     peak_rss: int = 0
+    quality: int = 95  # the JPEG quality used: lower only to fit COLLAGE_MAX_BYTES
 
 
 def backoff_s(attempt: int) -> float:
@@ -124,10 +125,10 @@ async def make_collage(
             quality=runtime.settings.collage_quality,
             names=keys,
             on_photo=lambda index, label: reporter.say(f"decoding {label} of {len(keys)}"),
+            max_bytes=runtime.settings.collage_max_bytes,
+            min_quality=runtime.settings.collage_min_quality,
         )
-        return Made(
-            key=key, jpeg=built.jpeg, photos=len(keys), cpu_s=built.cpu_s, peak_rss=built.peak_rss
-        )
+        return Made(key, built.jpeg, len(keys), built.cpu_s, built.peak_rss, built.quality)
     except Exception as exc:
         if not isinstance(exc, CollageError):
             logger.exception("unexpected error while building", extra={"product_id": product.id})
@@ -170,7 +171,7 @@ async def publish(
     if owner is None:
         await upload(runtime, made)
     if not await products.claim(conn, product):
-        return _outcome(product, "superseded", photos=made.photos, bytes_out=len(made.jpeg))
+        return _outcome(product, "superseded", made=made)
     owner = owner or await products.newer_owner(conn, product)
     if owner is not None:
         taken = KeyTaken(products.KEY_TAKEN.format(key=made.key, owner=owner))
@@ -183,7 +184,7 @@ async def publish(
             "rows with the same collage key marked 'error'",
             extra={"action": "build_collage", "product_id": product.id, "displaced": displaced},
         )
-    return _outcome(product, "built", photos=made.photos, bytes_out=len(made.jpeg))
+    return _outcome(product, "built", made=made)
 
 
 async def upload(runtime: Runtime, made: Made) -> None:
@@ -255,6 +256,7 @@ def report(
         duration_s=round(outcome.duration_s or 0.0, 3),
         build_cpu_s=round(made.cpu_s, 3) if made else None,
         build_peak_mib=round(made.peak_rss / 2**20) if made else None,
+        quality=outcome.quality,
         error_class=outcome.error_class,
         error=outcome.message,
     )
@@ -265,8 +267,7 @@ def _outcome(
     outcome: str,
     *,
     error: Exception | None = None,
-    photos: int | None = None,
-    bytes_out: int | None = None,
+    made: Made | None = None,
 ) -> outcomes.Outcome:
     message = None
     if error is not None:
@@ -281,8 +282,9 @@ def _outcome(
         outcome=outcome,
         error_class=type(error).__name__ if error is not None else None,
         message=message,
-        photos=photos,
-        bytes_out=bytes_out,
+        photos=made.photos if made else None,
+        bytes_out=len(made.jpeg) if made else None,
+        quality=made.quality if made else None,
     )
 
 

@@ -29,7 +29,9 @@ SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 # Pillow keeps up to this many freed 16 MB blocks for reuse (--warm): a worker that sets it stops
 # paying the kernel for a fresh canvas on every job.
 WARM_BLOCKS = "32"
-USAGE = "Full run (--warm --resampler --encoder --filters): about 25 minutes on 2 cores."
+USAGE = (
+    "Full run (--warm --resampler --ipc --fit --encoder --filters): about 30 minutes on 2 cores."
+)
 
 
 def make_dataset(root: Path) -> list[Path]:
@@ -76,7 +78,15 @@ def encode(image: Image.Image, **options: object) -> bytes:
     return out.getvalue()
 
 
-KINDS = ("floor", "pillow", "opencv")  # the floor, today's path, the new path
+# The floor; the collage one photo at a time (the path before decode-ahead); the collage with
+# the next photo decoding while one is pasted (today's). "pillow" (Pillow's resampler instead of
+# OpenCV's, one photo at a time) can be asked for with --kinds.
+KINDS = ("floor", "one", "ahead")
+LABELS = {
+    "one": "one photo at a time",
+    "ahead": "decode-ahead (today)",
+    "pillow": "Pillow BICUBIC, one at a time",
+}
 
 
 def measure(kinds: Sequence[str], sku: Path, *, warm: bool) -> dict[str, dict[str, float]]:
@@ -88,14 +98,15 @@ def measure(kinds: Sequence[str], sku: Path, *, warm: bool) -> dict[str, dict[st
     if any(kind == "floor" or kind.startswith("encode") for kind in kinds):
         canvas = Image.open(io.BytesIO(build_collage(photos, quality=QUALITY)))
         canvas.load()
-    if "opencv" in kinds:
+    if any(kind in ("one", "ahead") for kind in kinds):
         imaging.RESAMPLER = "opencv"
         imaging.load_resampler()  # as a worker's child process does when it starts
 
     def job(kind: str) -> int:
-        if kind in ("pillow", "opencv"):
-            imaging.RESAMPLER = kind
-            return len(build_collage(photos, quality=QUALITY))
+        if kind in ("one", "ahead", "pillow"):
+            imaging.RESAMPLER = "pillow" if kind == "pillow" else "opencv"
+            ahead = imaging.AHEAD_PIXELS if kind == "ahead" else 0
+            return len(build_collage(photos, quality=QUALITY, ahead_pixels=ahead))
         if kind == "floor":
             return floor(photos, canvas)
         option = kind.partition(":")[2]  # encode:optimize, encode:progressive, encode:baseline
@@ -188,22 +199,24 @@ def geomean(values: Sequence[float]) -> float:
     return math.exp(statistics.fmean(math.log(v) for v in values)) if values else float("nan")
 
 
-def bench(skus: Sequence[Path], reps: int, *, warm: bool, resampling: str) -> dict[str, Any]:
-    """Print one markdown row per SKU, both paths against the floor, then the geometric means."""
+def bench(
+    skus: Sequence[Path], reps: int, *, warm: bool, resampling: str, kinds: Sequence[str] = KINDS
+) -> dict[str, Any]:
+    """Print one markdown row per SKU, each path against the floor, then the geometric means."""
     mib = 1024 * 1024
     title = f"warm (PILLOW_BLOCKS_MAX={WARM_BLOCKS}, each job's second run)" if warm else "cold"
-    samples = rounds(skus, KINDS, reps, warm=warm, resampling=resampling)
+    samples = rounds(skus, kinds, reps, warm=warm, resampling=resampling)
+    paths = [kind for kind in kinds if kind != "floor"]
+    last = paths[-1]
     print(f"\n### {title}: CPU seconds, and ratios to the floor measured in the same run\n")
-    header = (
-        "| SKU | photos | upscaled | collage px | out MB | floor CPU s | today CPU s | new CPU s "
-        "| today ratio | new ratio | new wall s |"
-    )
-    columns = 11
+    header = "| SKU | photos | upscaled | collage px | out MB | floor CPU s |"
+    header += "".join(f" {LABELS[k]}: CPU s | ratio | wall s |" for k in paths)
+    columns = 6 + 3 * len(paths)
     if not warm:
-        header += " fresh canvas s | today peak MiB | new peak MiB |"
-        columns += 3
+        header += " fresh canvas s |" + "".join(f" {LABELS[k]}: peak MiB |" for k in paths)
+        columns += 1 + len(paths)
     print(header + "\n" + "|---" * columns + "|")
-    ratios: dict[str, dict[bool, list[float]]] = {k: {True: [], False: []} for k in KINDS[1:]}
+    ratios: dict[str, dict[bool, list[float]]] = {k: {True: [], False: []} for k in paths}
     spreads = []
     for sku in skus:
         photos = load(sku)
@@ -212,38 +225,40 @@ def bench(skus: Sequence[Path], reps: int, *, warm: bool, resampling: str) -> di
         upscaled = sum(h < layout.height for _, h in sizes)
         got = samples[sku.name]
         base = median(got["floor"], "cpu")
-        cpu = {kind: median(got[kind], "cpu") for kind in KINDS[1:]}
-        for kind in KINDS[1:]:
+        cpu = {kind: median(got[kind], "cpu") for kind in paths}
+        for kind in paths:
             ratios[kind][upscaled > 0].append(cpu[kind] / base)
-            # Noise: how far one round's ratio strays from the median, for the new path.
-        per_round = [n["cpu"] / f["cpu"] for n, f in zip(got["opencv"], got["floor"], strict=True)]
+        # Noise: how far one round's ratio strays from the median, for the last path.
+        per_round = [n["cpu"] / f["cpu"] for n, f in zip(got[last], got["floor"], strict=True)]
         spreads.append((max(per_round) - min(per_round)) / statistics.median(per_round))
         row = (
             f"| {sku.name} | {len(photos)} | {upscaled} | {layout.width}x{layout.height} "
-            f"| {median(got['opencv'], 'size') / 1e6:.1f} | {base:.3f} | {cpu['pillow']:.3f} "
-            f"| {cpu['opencv']:.3f} | {cpu['pillow'] / base:.2f} | **{cpu['opencv'] / base:.2f}** "
-            f"| {median(got['opencv'], 'wall'):.3f} |"
+            f"| {median(got[last], 'size') / 1e6:.1f} | {base:.3f} |"
+        )
+        row += "".join(
+            f" {cpu[k]:.3f} | {cpu[k] / base:.2f} | {median(got[k], 'wall'):.3f} |" for k in paths
         )
         if not warm:
-            row += (
-                f" {median(got['floor'], 'alloc'):.3f} | {median(got['pillow'], 'peak') / mib:.0f}"
-                f" | {median(got['opencv'], 'peak') / mib:.0f} |"
-            )
+            row += f" {median(got['floor'], 'alloc'):.3f} |"
+            row += "".join(f" {median(got[k], 'peak') / mib:.0f} |" for k in paths)
         print(row)
     print(
         "\n| CPU / floor, geometric mean | all | no upscaling | with upscaling |\n|---|---|---|---|"
     )
     means = {}
-    for kind, label in (
-        ("pillow", "today (Pillow BICUBIC)"),
-        ("opencv", "new (OpenCV INTER_CUBIC)"),
-    ):
+    for kind in paths:
         by = ratios[kind]
         means[kind] = (geomean(by[True] + by[False]), geomean(by[False]), geomean(by[True]))
-        print(f"| {label} | " + " | ".join(f"{v:.2f}" for v in means[kind]) + " |")
+        print(f"| {LABELS[kind]} | " + " | ".join(f"{v:.2f}" for v in means[kind]) + " |")
+    if {"one", "ahead"} <= set(paths):
+        walls = {k: geomean([median(samples[s.name][k], "wall") for s in skus]) for k in paths}
+        print(
+            f"\nWall time, geometric mean over SKUs: {walls['one']:.3f} s one photo at a time, "
+            f"{walls['ahead']:.3f} s with decode-ahead ({walls['ahead'] / walls['one'] - 1:+.0%})."
+        )
     print(
-        f"\n{len(ratios['opencv'][False])} SKUs without upscaling, "
-        f"{len(ratios['opencv'][True])} with. Noise: a round's new/floor ratio strays "
+        f"\n{len(ratios[last][False])} SKUs without upscaling, "
+        f"{len(ratios[last][True])} with. Noise: a round's {last}/floor ratio strays "
         f"{statistics.median(spreads):.0%} from its median (median over SKUs; worst "
         f"{max(spreads):.0%}), {reps} interleaved rounds."
     )
@@ -271,7 +286,7 @@ def resampler_study(reps: int) -> None:
         source.copy()
 
     cases = {
-        "Pillow BICUBIC (today)": lambda: pillow("BICUBIC"),
+        "Pillow BICUBIC (before OpenCV)": lambda: pillow("BICUBIC"),
         "Pillow LANCZOS": lambda: pillow("LANCZOS"),
         "OpenCV INTER_CUBIC, cv2.resize alone": lambda: cv2.resize(
             array, size, interpolation=cv2.INTER_CUBIC
@@ -340,6 +355,114 @@ def encoder_study(skus: Sequence[Path], reps: int) -> None:
         print(f"| {option} | {cpu:.2f} | {size / 1e6:.1f} | {peak:.0f} |")
 
 
+def _warm_child(mode: str, sku: Path, *extra: str) -> dict[str, Any]:
+    """Run one of the studies below in a fresh warm process (as a worker's child is)."""
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PILLOW_BLOCKS_MAX=WARM_BLOCKS)
+    command = [sys.executable, "-m", "dev.bench_imaging", f"--{mode}-child", str(sku), *extra]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout)
+
+
+def measure_ipc(sku: Path, reps: int) -> dict[str, Any]:
+    """Build a SKU in this process and in a Builder's child, interleaved, both warm."""
+    from collage.builder import Builder
+
+    photos = load(sku)
+    imaging.load_resampler()
+    got: dict[str, list[float]] = {"here": [], "child": [], "parent_cpu": [], "child_cpu": []}
+    with Builder(processes=1) as builder:
+        build_collage(photos, quality=QUALITY)
+        builder.build(photos, quality=QUALITY)  # each side warm: a job first, unmeasured
+        for _ in range(reps):
+            wall = time.perf_counter()
+            build_collage(photos, quality=QUALITY)
+            got["here"].append(time.perf_counter() - wall)
+            wall, cpu = time.perf_counter(), time.process_time()
+            built = builder.build(photos, quality=QUALITY)
+            got["child"].append(time.perf_counter() - wall)
+            got["parent_cpu"].append(time.process_time() - cpu)
+            got["child_cpu"].append(built.cpu_s)
+    moved = sum(map(len, photos)) + len(built.jpeg)
+    return {key: statistics.median(values) for key, values in got.items()} | {"bytes": moved}
+
+
+def ipc_study(skus: Sequence[Path], reps: int) -> None:
+    """Print what a Builder's child process adds to each build: pickles, pipes, frames."""
+    print(
+        "\n| SKU | MB in + out | in-process wall s | in a child wall s | added ms "
+        "| parent CPU ms |\n|---|---|---|---|---|---|"
+    )
+    added = []
+    for sku in skus:
+        got = _warm_child("ipc", sku, str(max(reps, 5)))
+        extra = (got["child"] - got["here"]) * 1000
+        added.append(extra / (got["bytes"] / 1e6))
+        print(
+            f"| {sku.name} | {got['bytes'] / 1e6:.1f} | {got['here']:.3f} | {got['child']:.3f} "
+            f"| {extra:.0f} | {got['parent_cpu'] * 1000:.0f} |"
+        )
+    print(f"\nAdded wall time: a median {statistics.median(added):.1f} ms per MB moved.")
+
+
+def measure_fit(sku: Path, limits: Sequence[int], reps: int) -> list[dict[str, Any]]:
+    """Build a SKU with each byte limit; count the full encodes and the sampled ones."""
+    from collage import encoding
+
+    photos = load(sku)
+    imaging.load_resampler()
+    calls: list[int] = []
+    original = encoding.encode
+
+    def counted(image: Image.Image, **options: Any) -> bytes:
+        calls.append(image.height)
+        return original(image, **options)
+
+    encoding.encode = counted  # type: ignore[assignment]
+    full_height = Image.open(io.BytesIO(build_collage(photos))).height
+    rows = []
+    for max_bytes in [None, *limits]:
+        cpu_s, built = [], None
+        for _ in range(reps):
+            calls.clear()
+            cpu = time.process_time()
+            try:
+                built = imaging.build(photos, quality=QUALITY, max_bytes=max_bytes)
+            except imaging.TooLarge as exc:
+                built = exc
+            cpu_s.append(time.process_time() - cpu)
+        fulls = sum(height == full_height for height in calls)
+        rows.append(
+            {
+                "max_bytes": max_bytes,
+                "cpu": statistics.median(cpu_s),
+                "quality": getattr(built, "quality", None),
+                "size": len(built.jpeg) if isinstance(built, imaging.Encoded) else None,
+                "error": str(built) if isinstance(built, Exception) else "",
+                "full": fulls,
+                "sampled": len(calls) - fulls,
+            }
+        )
+    return rows
+
+
+def fit_study(skus: Sequence[Path], limits: Sequence[int], reps: int) -> None:
+    """Print the quality each byte limit ends at, and what the search costs, warm."""
+    print(
+        "\n| SKU | max bytes | quality | bytes | CPU s | + CPU | full encodes | sampled encodes "
+        "|\n|---|---|---|---|---|---|---|---|"
+    )
+    for sku in skus:
+        rows = _warm_child("fit", sku, str(reps), *map(str, limits))
+        base = rows[0]["cpu"]
+        for row in rows:
+            limit = f"{row['max_bytes']:,}" if row["max_bytes"] else "none"
+            size = f"{row['size']:,}" if row["size"] else row["error"][:70]
+            print(
+                f"| {sku.name} | {limit} | {row['quality'] or '-'} | {size} | {row['cpu']:.3f} "
+                f"| {row['cpu'] / base - 1:+.0%} | {row['full']} | {row['sampled']} |"
+            )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Build the data set, then print the benchmark tables."""
     parser = argparse.ArgumentParser(prog="bin/bench-imaging", description=__doc__, epilog=USAGE)
@@ -353,11 +476,27 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--resampling", nargs="*", default=[RESAMPLING.name], help="filters to build with"
     )
     parser.add_argument("--resampler", action="store_true", help="also time the resamplers alone")
+    parser.add_argument(
+        "--kinds", nargs="*", default=list(KINDS[1:]), help=f"paths to compare: {list(LABELS)}"
+    )
+    parser.add_argument("--ipc", action="store_true", help="also time a Builder child's overhead")
+    parser.add_argument(
+        "--fit", nargs="*", type=int, help="also build the large SKU under these byte limits"
+    )
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--ipc-child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--fit-child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         kinds, sku = args.child
         print(json.dumps(measure(kinds.split(","), Path(sku), warm=args.warm)))
+        return
+    if args.ipc_child:
+        print(json.dumps(measure_ipc(Path(args.ipc_child[0]), int(args.ipc_child[1]))))
+        return
+    if args.fit_child:
+        sku, reps, *limits = args.fit_child
+        print(json.dumps(measure_fit(Path(sku), [int(v) for v in limits], int(reps))))
         return
     with tempfile.TemporaryDirectory(prefix="bench-imaging-") as scratch:
         skus = make_dataset(args.data or Path(scratch))
@@ -372,10 +511,16 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{len(skus)} SKUs; inputs JPEG q90 4:2:0, {min(per_6mp):.0f}-{max(per_6mp):.0f} KB "
             f"per 6 MP; output JPEG q{QUALITY} 4:4:4; medians of {args.reps} interleaved rounds"
         )
+        kinds = ("floor", *args.kinds)
         for resampling in args.resampling:
-            bench(skus, args.reps, warm=False, resampling=resampling)
+            bench(skus, args.reps, warm=False, resampling=resampling, kinds=kinds)
             if args.warm:
-                bench(skus, args.reps, warm=True, resampling=resampling)
+                bench(skus, args.reps, warm=True, resampling=resampling, kinds=kinds)
+        if args.ipc:
+            ipc_study(skus, args.reps)
+        if args.fit is not None:
+            large = [sku for sku in skus if sku.name == "large"] or skus[-1:]
+            fit_study(large, args.fit or [10_000_000, 10 * 1024 * 1024, 5_000_000], args.reps)
         if args.resampler:
             resampler_study(args.reps)
         if args.encoder:

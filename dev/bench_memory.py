@@ -12,6 +12,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -75,16 +76,50 @@ def cases(side: int) -> dict[str, Callable[[], bytes]]:
     }
 
 
-def measure(path: Path, companion: Path) -> dict[str, float]:
+def pairs(megapixels: float) -> dict[str, Callable[[], list[bytes]]]:
+    """Two photos decoding at once, at the decode-ahead limit: the worst cases that adds."""
+    limits = imaging.Limits()
+
+    def beside_upscaled(fmt: str, **options: object) -> Callable[[], list[bytes]]:
+        # A small JPEG scaled up 6x to fill most of the canvas while the big one decodes.
+        def make() -> list[bytes]:
+            side = int(math.sqrt(megapixels * 1e6 * 0.85))
+            rest = limits.max_canvas_pixels // side - side - 64  # room for rounding
+            small = photos.jpeg(max(1, rest // 6), side // 6, seed=1)
+            return [small, _save(_base(side, side), fmt, **options)]
+
+        return make
+
+    def two(fmt: str, **options: object) -> Callable[[], list[bytes]]:
+        def make() -> list[bytes]:
+            side = int(math.sqrt(megapixels * 1e6 / 2))
+            return [
+                _save(_base(side, side), fmt, **options),
+                _save(_base(side, side), fmt, **options),
+            ]
+
+        return make
+
+    return {
+        "JPEG upscaled to most of the canvas, then a lossless WebP": beside_upscaled(
+            "WEBP", lossless=True, method=0, quality=0
+        ),
+        "JPEG upscaled to most of the canvas, then an RGBA PNG": beside_upscaled("PNG"),
+        "two lossless WebPs": two("WEBP", lossless=True, method=0, quality=0),
+        "two JPEGs": two("JPEG", quality=90),
+    }
+
+
+def measure(paths: list[Path], ahead: int) -> dict[str, float]:
     """Build the worst-case collage in this fresh process and return its peak RSS and CPU."""
-    data, other = path.read_bytes(), companion.read_bytes()
+    data = [path.read_bytes() for path in paths]
     imaging.load_resampler()
     Path("/proc/self/clear_refs").write_text("5")
     before = _status("VmRSS")
     cpu = time.process_time()
     error = ""
     try:
-        jpeg = imaging.build_collage([data, other], quality=95)
+        jpeg = imaging.build_collage(data, quality=95, ahead_pixels=ahead)
         size = len(jpeg)
         del jpeg
     except Exception as exc:
@@ -110,10 +145,14 @@ def main() -> None:
     parser.add_argument("--megapixels", type=float, default=64.0, help="the photo under test")
     parser.add_argument("--only", nargs="*", default=[])
     parser.add_argument("--data", type=Path, help="keep the files here (reused if present)")
-    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--pairs", action="store_true", help="also two photos decoding at once (decode-ahead)"
+    )
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(Path(args.child[0]), Path(args.child[1]))))
+        ahead, *paths = args.child
+        print(json.dumps(measure([Path(p) for p in paths], int(ahead))))
         return
     side = int(math.sqrt(args.megapixels * 1e6))
     limits = imaging.Limits()
@@ -136,16 +175,48 @@ def main() -> None:
         path = scratch / (name.replace(" ", "_").replace(",", "").replace("/", "") + ".bin")
         if not path.exists():
             path.write_bytes(make())
-        command = [sys.executable, "-m", "dev.bench_memory", "--child", str(path), str(companion)]
-        env = {"OPENBLAS_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
-        out = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
-        got = json.loads(out.stdout)
+        got = _child([path, companion], imaging.AHEAD_PIXELS)
         result = got["error"][:60] or "built"
         print(
             f"| {name} | {path.stat().st_size / 1e6:.1f} | {got['peak'] / MIB:,.0f} "
             f"| {got['cpu']:.2f} | {result} |",
             flush=True,
         )
+    if not args.pairs:
+        return
+    pixels = imaging.AHEAD_PIXELS / 1e6
+    print(
+        f"\nTwo photos of {pixels:.0f} MP together (the decode-ahead limit), on a canvas near the"
+        " limit where that is possible; peak RSS of the job one photo at a time and with the"
+        " next photo decoding while one is scaled and pasted:\n"
+    )
+    print(
+        "| photos | MP | one at a time MiB | decode-ahead MiB | added MiB |\n|---|---|---|---|---|"
+    )
+    for name, make in pairs(pixels * 0.999).items():
+        if args.only and not any(o.lower() in name.lower() for o in args.only):
+            continue
+        stem = "pair_" + "".join(c if c.isalnum() else "_" for c in name)
+        files = [scratch / f"{stem}_{i}.bin" for i in (1, 2)]
+        if not all(f.exists() for f in files):
+            for f, data in zip(files, make(), strict=True):
+                f.write_bytes(data)
+        megapixels = sum(math.prod(Image.open(f).size) for f in files) / 1e6
+        one, ahead = _child(files, 0), _child(files, imaging.AHEAD_PIXELS)
+        error = one["error"] or ahead["error"]
+        print(
+            f"| {name} | {megapixels:.1f} | {one['peak'] / MIB:,.0f} | {ahead['peak'] / MIB:,.0f}"
+            f" | {(ahead['peak'] - one['peak']) / MIB:+,.0f} |"
+            + (f" {error[:60]}" if error else ""),
+            flush=True,
+        )
+
+
+def _child(paths: list[Path], ahead: int) -> dict[str, Any]:
+    command = [sys.executable, "-m", "dev.bench_memory", "--child", str(ahead), *map(str, paths)]
+    env = {"OPENBLAS_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+    return json.loads(out.stdout)
 
 
 if __name__ == "__main__":

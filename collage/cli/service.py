@@ -90,7 +90,19 @@ def worker_command(concurrency: int | None, graceful_timeout: float) -> None:
 )
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-q", "--quality", type=click.IntRange(1, 100), default=95, show_default=True)
-def make_command(photos: tuple[Path, ...], output: Path, quality: int) -> None:
+@click.option(
+    "--max-bytes", type=click.IntRange(1024), help="Encode again at a lower quality to fit this."
+)
+@click.option(
+    "--min-quality",
+    type=click.IntRange(1, 100),
+    default=70,
+    show_default=True,
+    help="The lowest quality --max-bytes may go to.",
+)
+def make_command(
+    photos: tuple[Path, ...], output: Path, quality: int, max_bytes: int | None, min_quality: int
+) -> None:
     """Build a collage from local files exactly as the worker would, within the same bounds."""
     from collage.builder import Builder
 
@@ -100,14 +112,21 @@ def make_command(photos: tuple[Path, ...], output: Path, quality: int) -> None:
         raise Fail(f"cannot read {exc.filename}: {exc.strerror}") from None
     try:
         with Builder(processes=1) as builder:
-            jpeg = builder.build(data, quality=quality, names=[str(p) for p in photos]).jpeg
+            built = builder.build(
+                data,
+                quality=quality,
+                names=[str(p) for p in photos],
+                max_bytes=max_bytes,
+                min_quality=min(min_quality, quality),
+            )
     except CollageError as exc:
         raise Fail(exc.message) from None
     try:
-        output.write_bytes(jpeg)
+        output.write_bytes(built.jpeg)
     except OSError as exc:
         raise Fail(f"cannot write {output}: {exc.strerror}") from None
-    click.echo(f"wrote {output} ({len(jpeg):,} bytes from {len(photos)} photo(s))")
+    lowered = f" at quality {built.quality} to fit" if built.quality != quality else ""
+    click.echo(f"wrote {output} ({len(built.jpeg):,} bytes from {len(photos)} photo(s){lowered})")
 
 
 @click.command("sweep")

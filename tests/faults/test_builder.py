@@ -100,12 +100,21 @@ def test_lossless_webp_past_the_memory_budget_is_refused() -> None:
         still_builds(builder)
 
 
-def _build_in_thread(builder: Builder, photos: list[bytes]) -> tuple[threading.Thread, list]:
+def _build_in_thread(
+    builder: Builder, photos: list[bytes], decoding: threading.Event | None = None
+) -> tuple[threading.Thread, list]:
+    """Build in a thread; set `decoding` once the child starts decoding the last photo."""
     outcome: list = []
+    told: list[int] = []
+
+    def on_photo(index: int, label: str) -> None:
+        told.append(index)
+        if decoding is not None and len(told) == 2 * len(photos):  # read all, then decode
+            decoding.set()
 
     def run() -> None:
         try:
-            outcome.append(builder.build(photos, names=NAMES[: len(photos)]))
+            outcome.append(builder.build(photos, names=NAMES[: len(photos)], on_photo=on_photo))
         except Exception as exc:
             outcome.append(exc)
 
@@ -145,7 +154,9 @@ def test_a_child_that_dies_fails_its_own_job_only(
     slow = scan_bomb(6000, 6000, repeats=300)  # seconds to decode: time to kill it mid-way
     with Builder(limits=Limits(max_scans=10**6), processes=2) as builder:
         still_builds(builder)
-        victim_thread, victim = _build_in_thread(builder, [jpeg(40, 6000), slow])
+        decoding = threading.Event()
+        victim_thread, victim = _build_in_thread(builder, [jpeg(40, 30), slow], decoding)
+        assert decoding.wait(30)  # photo 2, the slow one, is decoding: its seconds start
         pid = _busy_child()
         bystander_thread, bystander = _build_in_thread(builder, [noisy_jpeg(2000, 3000)])
         os.kill(pid, sig)
@@ -165,7 +176,9 @@ def test_a_child_that_hangs_is_stopped_at_the_wall_clock_limit() -> None:
     slow = scan_bomb(6000, 6000, repeats=300)
     with Builder(limits=Limits(max_scans=10**6), budget=Budget(wall_s=2), processes=1) as builder:
         still_builds(builder)
-        thread, outcome = _build_in_thread(builder, [jpeg(40, 6000), slow])
+        decoding = threading.Event()
+        thread, outcome = _build_in_thread(builder, [jpeg(40, 30), slow], decoding)
+        assert decoding.wait(30)
         pid = _busy_child()
         os.kill(pid, signal.SIGSTOP)  # alive, spending nothing: only the wall clock can tell
         thread.join(30)
@@ -180,3 +193,77 @@ def test_closed_builder_refuses_work() -> None:
     with pytest.raises(Transient, match="shutting down"):
         builder.build([jpeg(10, 10)])
     assert not children()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kills", [1, 2])
+def test_a_crash_while_two_photos_decode_is_built_again_one_at_a_time(kills: int) -> None:
+    # Two slow photos of 9 MP decode at the same time (18 MP together, under the pair limit):
+    # a crash then could be either's, so the build runs again, one photo at a time.
+    slow = [scan_bomb(3000, 3000, repeats=1200, seed=seed) for seed in (1, 2)]
+    told: list[tuple[int, str]] = []
+
+    def on_photo(index: int, label: str) -> None:
+        told.append((index, label))
+        # The 4th report: photo 2 starts decoding while photo 1 still is. The 7th: photo 1
+        # starts decoding in the second build, alone.
+        if len(told) == 4 or (kills == 2 and len(told) == 7):
+            (pid,) = children()
+            os.kill(pid, signal.SIGSEGV)
+
+    with Builder(limits=Limits(max_scans=10**6), processes=1) as builder:
+        started = time.monotonic()
+        if kills == 1:
+            built = builder.build(slow, names=NAMES[:2], on_photo=on_photo)
+            assert built.jpeg.startswith(b"\xff\xd8")
+            elapsed = time.monotonic() - started
+            print(f"\nbuilt again after a crash with two photos decoding: {elapsed:.1f} s")
+        else:
+            with pytest.raises(PhotoUnreadable) as raised:
+                builder.build(slow, names=NAMES[:2], on_photo=on_photo)
+            print(f"\n{raised.value.message}")
+            assert raised.value.message.startswith(
+                "photo 1 (s3://bucket/a.jpg) cannot be decoded: the decoder crashed (SIGSEGV)"
+            )
+        assert [index for index, _ in told] == [1, 2, 1, 2, 1, 2, 1, 2][: len(told)]
+        still_builds(builder)
+
+
+def test_a_size_limit_comes_back_with_the_quality_used(builder: Builder) -> None:
+    photos = [noisy_jpeg(600, 800, seed=1), noisy_jpeg(500, 800, seed=2)]
+    full = builder.build(photos)
+    assert full.quality == 95
+    limited = builder.build(photos, max_bytes=len(full.jpeg) * 2 // 3, min_quality=50)
+    assert 50 <= limited.quality < 95
+    assert len(limited.jpeg) <= len(full.jpeg) * 2 // 3
+    assert limited.jpeg == imaging.build_collage(photos, quality=limited.quality)
+    with pytest.raises(
+        TooLarge, match=r"even at JPEG quality 90, the lowest allowed; at most 1,000"
+    ):
+        builder.build(photos, max_bytes=1000, min_quality=90)
+    still_builds(builder)
+
+
+def test_photos_decode_ahead_only_while_a_core_is_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    from collage.build_process import BuildProcess
+
+    seen: list[int] = []
+    real_run = BuildProcess.run
+
+    def run(self: BuildProcess, photos: list[bytes], **kwargs: object) -> object:
+        seen.append(kwargs["options"]["ahead_pixels"])  # type: ignore[index]
+        return real_run(self, photos, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(BuildProcess, "run", run)
+    slow = scan_bomb(2000, 2000, repeats=300)  # a second or so: time to start another build
+    with Builder(limits=Limits(max_scans=10**6), processes=2) as builder:
+        builder._cores = 2
+        first, outcome = _build_in_thread(builder, [slow, jpeg(40, 30)])
+        deadline = time.monotonic() + 30
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        still_builds(builder)  # while the first builds: no core to spare for decoding ahead
+        first.join(60)
+        still_builds(builder)  # alone again
+    assert seen == [imaging.AHEAD_PIXELS, 0, imaging.AHEAD_PIXELS]
+    assert outcome[0].jpeg.startswith(b"\xff\xd8")

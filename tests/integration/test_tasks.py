@@ -15,7 +15,7 @@ from collage import downloads, tasks
 from collage.cli import main
 from collage.settings import Settings
 from dev import sandbox
-from dev.photos import jpeg, solid_jpeg
+from dev.photos import jpeg, noisy_jpeg, solid_jpeg
 from tests.conftest import FaultyS3
 from tests.support.processes import BLUE, RED, mean_rgb
 from tests.support.s3proxy import Fault, FaultRule, SlowGets
@@ -328,3 +328,33 @@ def test_photos_too_big_in_total_are_refused_whatever_the_row_says(
     status, _, error = wait_settled(db, pid)
     assert status == "error"
     assert error == f"the photos add up to over {downloads.MAX_SKU_BYTES:,} bytes"
+
+
+def test_a_size_limit_lowers_the_quality_and_the_outcome_records_it(
+    db: psycopg.Connection, settings: Settings, s3, start_worker: StartWorker
+) -> None:
+    photos = {f"originals/zara/9/{n}.jpg": noisy_jpeg(600, 900, seed=n) for n in range(3)}
+    urls = upload(s3, settings, photos)
+    start_worker(settings.replace(collage_max_bytes=250_000, collage_min_quality=40))
+    pid = add_product(db, urls, external_id="FIT-1")
+    assert wait_settled(db, pid)[0] == "collage_ready"
+    body = s3.get_object(Bucket=settings.s3_bucket, Key="collages/zara/FIT-1.jpg")["Body"].read()
+    quality, size = db.execute(
+        "SELECT quality, bytes_out FROM collage_outcomes WHERE product_id = %s", [pid]
+    ).fetchone()
+    assert 40 <= quality < 95
+    assert size == len(body) <= 250_000
+
+
+def test_a_collage_that_cannot_fit_at_the_floor_is_an_error_naming_its_size(
+    db: psycopg.Connection, settings: Settings, s3, start_worker: StartWorker
+) -> None:
+    urls = upload(s3, settings, {"originals/zara/10/a.jpg": noisy_jpeg(600, 900)})
+    start_worker(settings.replace(collage_max_bytes=2_000, collage_min_quality=90))
+    pid = add_product(db, urls, external_id="FIT-2")
+    status, _, error = wait_settled(db, pid)
+    assert status == "error"
+    assert error.startswith("the collage (600 x 900 px) is ")
+    assert error.endswith(
+        " bytes even at JPEG quality 90, the lowest allowed; at most 2,000 bytes are allowed"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from PIL import Image
 
 from collage import imaging
 from collage.settings import Settings
@@ -133,3 +135,27 @@ def test_two_worst_case_jobs_in_builder_children_fit_well_inside_4_gb() -> None:
     assert set(results) == {"webp", "png"}
     assert total < WORKER_LIMIT_BYTES * 0.9
     assert results["webp"].jpeg[:2] == b"\xff\xd8"  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+def test_decoding_ahead_adds_at_most_one_photo_and_stays_under_the_worst_case() -> None:
+    # The worst pair decode-ahead allows (dev/bench_memory.py --pairs): a small JPEG scaled up
+    # 6x to most of the canvas while a lossless WebP decodes, 24 MP together.
+    from collage.builder import Builder
+    from dev import bench_memory
+
+    small, webp = bench_memory.pairs(imaging.AHEAD_PIXELS / 1e6 * 0.999)[
+        "JPEG upscaled to most of the canvas, then a lossless WebP"
+    ]()
+    side = Image.open(io.BytesIO(webp)).width
+    peaks = {}
+    for ahead in (0, imaging.AHEAD_PIXELS):
+        with Builder(processes=1, ahead_pixels=ahead) as builder:
+            peaks[ahead] = builder.build([small, webp]).peak_rss
+    added = peaks[imaging.AHEAD_PIXELS] - peaks[0]
+    decoding = side * side * 12  # Pillow's WebP decoder: the canvas, a copy, the image
+    one, two = (peaks[k] / 1024**2 for k in (0, imaging.AHEAD_PIXELS))
+    print(f"\ndecode-ahead's worst pair: {one:,.0f} MiB one photo at a time, {two:,.0f} ahead")
+    assert added <= decoding * 1.1
+    # Below the worst case one photo at a time already has: a 64 MP lossless WebP, 1.6 GiB.
+    assert peaks[imaging.AHEAD_PIXELS] < 1.6 * 1024**3

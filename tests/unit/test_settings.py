@@ -43,10 +43,13 @@ def test_every_variable_is_read() -> None:
         "METRICS_PORT": "9100",
         "S3_ORIGINALS_PREFIX": "photos/raw/",
         "COLLAGE_CPU_LIMIT_S": "12",
+        "COLLAGE_MAX_BYTES": "10000000",
+        "COLLAGE_MIN_QUALITY": "80",
         "COLLAGE_MEMORY_LIMIT_MB": "900",
     }
     settings = Settings.from_env(env)
     assert (settings.build_cpu_s, settings.build_memory_mb) == (12, 900)
+    assert (settings.collage_max_bytes, settings.collage_min_quality) == (10_000_000, 80)
     assert settings.s3_originals_prefix == "photos/raw/"
     assert settings.db_session_url.endswith(":6433/staging")
     assert settings.s3_public_url == "https://cdn.example.com"
@@ -78,6 +81,9 @@ def test_every_variable_is_read() -> None:
         ("S3_PUBLIC_URL", "https://u:p@cdn.example.com", "S3_PUBLIC_URL is invalid: must not"),
         ("S3_ENDPOINT", "http://[::1", "S3_ENDPOINT is invalid: expected an http(s)://host"),
         ("S3_ORIGINALS_PREFIX", "originals", "S3_ORIGINALS_PREFIX is invalid: expected a key"),
+        ("COLLAGE_MAX_BYTES", "10MB", "COLLAGE_MAX_BYTES is invalid: expected a whole number"),
+        ("COLLAGE_MAX_BYTES", "0", "COLLAGE_MAX_BYTES is invalid: 0 is outside 1024..2147483647"),
+        ("COLLAGE_MIN_QUALITY", "0", "COLLAGE_MIN_QUALITY is invalid: 0 is outside 1..100"),
         ("S3_ORIGINALS_PREFIX", "/originals/", "S3_ORIGINALS_PREFIX is invalid"),
         ("S3_ORIGINALS_PREFIX", "a/../b/", "S3_ORIGINALS_PREFIX is invalid"),
         ("S3_ORIGINALS_PREFIX", "collages/x/", "S3_ORIGINALS_PREFIX is invalid: collages/ is"),
@@ -122,3 +128,12 @@ def test_redact_hides_only_the_password() -> None:
 def test_key_value_connection_strings_are_accepted() -> None:
     settings = Settings.from_env({**BASE, "STAGING_DB_URL": "host=db port=6432 dbname=staging"})
     assert settings.db_url == "host=db port=6432 dbname=staging"
+
+
+def test_a_floor_above_the_quality_is_refused_only_with_a_size_limit() -> None:
+    low = {**BASE, "COLLAGE_QUALITY": "60"}
+    assert Settings.from_env(low).collage_min_quality == 70  # no limit: the floor is unused
+    with pytest.raises(
+        ConfigError, match="COLLAGE_MIN_QUALITY is invalid: 70 is above COLLAGE_QUALITY 60"
+    ):
+        Settings.from_env({**low, "COLLAGE_MAX_BYTES": "5000000"})
