@@ -16,6 +16,10 @@ from psycopg import AsyncConnection
 
 logger = logging.getLogger(__name__)
 
+# The first step of a build is written at once (the rescue can then always say where it began);
+# each later one only if it lasts this long.
+LATER_STEPS_AFTER_S = 0.5
+
 
 async def note(conn: AsyncConnection, product_id: int, generation: int, step: str) -> None:
     """Record the step a build is at; a new upload starts its count of deaths afresh."""
@@ -69,6 +73,8 @@ Connect = Callable[[], contextlib.AbstractAsyncContextManager[AsyncConnection]]
 class Reporter:
     """Writes a build's latest step as it changes, one write at a time, newest last.
 
+    A build of a second writes one row; a slow one, a row a step.
+
     `say` may be called from any thread (the builder reports photos from its own); steps that
     come faster than the database takes them are coalesced. Losing a step costs only precision
     in a rescue's message, so a failed write is logged and the build goes on.
@@ -79,23 +85,11 @@ class Reporter:
         self._loop = asyncio.get_running_loop()
         self._latest: str | None = None
         self._changed = asyncio.Event()
-        self._written = asyncio.Event()  # set while every step reported so far is written
-        self._written.set()
         self._writer = asyncio.ensure_future(self._write_changes())
 
     def say(self, step: str) -> None:
         """Report a step, from this thread or any other."""
         self._loop.call_soon_threadsafe(self._set, step)
-
-    async def flush(self, step: str | None = None) -> None:
-        """Report a last step and wait until it is written."""
-        if step is not None:
-            self._set(step)
-        written = asyncio.ensure_future(self._written.wait())
-        try:  # the writer ends only when closed, or on a bug: never wait on it then
-            await asyncio.wait({self._writer, written}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            written.cancel()
 
     async def close(self) -> None:
         """Stop writing."""
@@ -105,12 +99,17 @@ class Reporter:
 
     def _set(self, step: str) -> None:
         self._latest = step
-        self._written.clear()
         self._changed.set()
 
     async def _write_changes(self) -> None:
+        first = True
         while True:
             await self._changed.wait()
+            if not first:
+                # Later steps wait a moment: most builds are done before any needs writing,
+                # and a step that lasts is the one a rescue wants to name.
+                await asyncio.sleep(LATER_STEPS_AFTER_S)
+            first = False
             step = self._latest
             assert step is not None
             try:
@@ -121,7 +120,6 @@ class Reporter:
                 )
             if self._latest == step:
                 self._changed.clear()
-                self._written.set()
 
     async def _write(self, step: str) -> None:
         async with self._connect() as conn:

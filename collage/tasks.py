@@ -85,7 +85,7 @@ async def build(
     try:
         result = await make_collage(runtime, product, reporter)
         if isinstance(result, Made):
-            await reporter.flush("uploading the collage")
+            reporter.say("uploading the collage")
         outcome = await retry_db(
             lambda: settle(context, runtime, product, result, attempt=attempt, started=started),
             product_id=product.id,
