@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -51,35 +51,52 @@ async def lock(request: Request) -> Response:
 async def requeue(request: Request) -> Response:
     """Put SKUs back in the queue: those named (errored or cancelled), or an error group's."""
     form = await auth.checked_form(request)
-    ids, scope = _selection(form)
     status = "cancelled" if form.get("status") == "cancelled" else "error"
-    console = request.app.state.console
-
-    def run() -> tuple[int, int]:
-        with console.db() as conn:
-            chosen = ids or inspection.failed_of_class(conn, scope["error_class"], state="error")
-            return len(chosen), sum(controls.requeue(conn, chosen, status=status))
-
-    selected, done = await run_in_threadpool(run)
-    _log(request, "requeue", who=auth.who(request), selected=selected, count=done, **scope)
-    return _back(request, form, f"requeued {done} of {selected} SKU(s) selected")
+    return await _on_selection(
+        request,
+        form,
+        "requeue",
+        state="error",
+        apply=lambda conn, chosen: controls.requeue(conn, chosen, status=status),
+        done="requeued {done} of {selected} SKU(s) selected",
+    )
 
 
 async def cancel(request: Request) -> Response:
     """Cancel waiting builds: those of the SKUs named, or of an error group's retries."""
     form = await auth.checked_form(request)
+    by = _by(request)
+    return await _on_selection(
+        request,
+        form,
+        "cancel",
+        state="retrying",
+        apply=lambda conn, chosen: controls.cancel(conn, chosen, by=by),
+        done="cancelled the builds of {done} of {selected} SKU(s) selected",
+    )
+
+
+async def _on_selection(
+    request: Request,
+    form: Any,
+    action: str,
+    *,
+    state: str,
+    apply: Callable[[Any, list[int]], Iterable[int]],
+    done: str,
+) -> Response:
+    """Apply an action to the SKUs a form names, or to an error group's SKUs in `state`."""
     ids, scope = _selection(form)
     console = request.app.state.console
-    by = _by(request)
 
     def run() -> tuple[int, int]:
         with console.db() as conn:
-            chosen = ids or inspection.failed_of_class(conn, scope["error_class"], state="retrying")
-            return len(chosen), sum(controls.cancel(conn, chosen, by=by))
+            chosen = ids or inspection.failed_of_class(conn, scope["error_class"], state=state)
+            return len(chosen), sum(apply(conn, list(chosen)))
 
-    selected, done = await run_in_threadpool(run)
-    _log(request, "cancel", who=auth.who(request), selected=selected, count=done, **scope)
-    return _back(request, form, f"cancelled the builds of {done} of {selected} SKU(s) selected")
+    selected, count = await run_in_threadpool(run)
+    _log(request, action, who=auth.who(request), selected=selected, count=count, **scope)
+    return _back(request, form, done.format(done=count, selected=selected))
 
 
 async def pause(request: Request) -> Response:
