@@ -39,6 +39,10 @@ ALTER TABLE collage_migrations ADD COLUMN IF NOT EXISTS sha256 text;
 _INDEX_NAME = re.compile(r"INDEX\s+CONCURRENTLY\s+IF\s+NOT\s+EXISTS\s+(\w+)", re.IGNORECASE)
 
 
+class MigrationError(RuntimeError):
+    """The database cannot be brought to the current schema as it is; the message says why."""
+
+
 @dataclass(frozen=True)
 class Migration:
     """One SQL file, named as it is recorded in the ledger."""
@@ -112,6 +116,7 @@ def apply(dsn: str, *, folder: Path | None = None) -> list[str]:
     """Apply whatever is pending and return the names applied (empty when up to date)."""
     done: list[str] = []
     with db.connect(dsn) as conn:
+        _refuse_encoding(conn)
         _take_lock(conn)
         try:
             conn.execute(_CREATE_LEDGER)
@@ -142,6 +147,17 @@ def apply(dsn: str, *, folder: Path | None = None) -> list[str]:
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", [ADVISORY_LOCK_KEY])
     return done
+
+
+def _refuse_encoding(conn: psycopg.Connection) -> None:
+    """Stop on a database that cannot hold the schema's text (SQL_ASCII, LATIN1...)."""
+    # Reported by the server at connection time: no query, whose text could not be decoded.
+    encoding, name = conn.info.parameter_status("server_encoding"), conn.info.dbname
+    if encoding != "UTF8":
+        raise MigrationError(
+            f"database {name} is encoded {encoding}; collage needs UTF8"
+            f" (CREATE DATABASE {name} ENCODING 'UTF8' TEMPLATE template0)"
+        )
 
 
 def _take_lock(conn: psycopg.Connection) -> None:
@@ -185,7 +201,7 @@ def _run_concurrently(conn: psycopg.Connection, statement: str) -> None:
         conn.execute(sql.SQL("DROP INDEX CONCURRENTLY {}").format(sql.Identifier(found[1])))
     conn.execute(statement)
     if found and _index_is_invalid(conn, found[1]):
-        raise RuntimeError(f"index {found[1]} is still INVALID after building it")
+        raise MigrationError(f"index {found[1]} is still INVALID after building it")
 
 
 def _index_is_invalid(conn: psycopg.Connection, name: str) -> bool:
@@ -204,7 +220,7 @@ def _refuse_edited(conn: psycopg.Connection, migrations: list[Migration]) -> Non
     )
     edited = [m.name for m in migrations if recorded.get(m.name, m.sha256()) != m.sha256()]
     if edited:
-        raise RuntimeError(
+        raise MigrationError(
             f"{', '.join(edited)} changed after being applied; put changes in a new file"
         )
 

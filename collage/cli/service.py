@@ -40,7 +40,10 @@ def migrate_command(show_status: bool) -> None:
         if not state.pending:
             click.echo("up to date")
         return
-    applied = migrate.apply(dsn)
+    try:
+        applied = migrate.apply(dsn)
+    except migrate.MigrationError as exc:
+        raise Fail(str(exc)) from None
     for name in applied:
         click.echo(f"applied {name}")
     click.echo(f"{len(applied)} migration(s) applied" if applied else "already up to date")

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import psycopg
+import psycopg.sql
 import pytest
 from click.testing import CliRunner, Result
 
@@ -91,6 +92,26 @@ def test_migrate_status_then_migrate(settings: Settings, empty_db: str) -> None:
     second = run(fresh, "migrate")
     assert second.output.strip() == "already up to date"
     assert "up to date" in run(fresh, "migrate", "--status").output
+
+
+def test_migrate_on_a_database_that_is_not_utf8_says_so_in_one_line(
+    settings: Settings, admin_dsn: str
+) -> None:
+    name = f"collage_ascii_{os.getpid()}"
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(
+            psycopg.sql.SQL("CREATE DATABASE {} ENCODING 'SQL_ASCII' TEMPLATE template0").format(
+                psycopg.sql.Identifier(name)
+            )
+        )
+    ascii_dsn = sandbox.with_dbname(admin_dsn, name)
+    try:
+        result = run(settings.replace(db_url=ascii_dsn, db_session_url=ascii_dsn), "migrate")
+    finally:
+        sandbox.drop_database(admin_dsn, ascii_dsn)
+    assert result.exit_code == 1
+    assert f"collage: database {name} is encoded SQL_ASCII; collage needs UTF8" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
 
 
 def test_requeue_dry_run_changes_nothing(db: psycopg.Connection, settings: Settings) -> None:
