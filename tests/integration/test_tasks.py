@@ -18,7 +18,7 @@ from dev import sandbox
 from dev.photos import jpeg, noisy_jpeg, solid_jpeg
 from tests.conftest import FaultyS3
 from tests.support.processes import BLUE, RED, mean_rgb
-from tests.support.s3proxy import Fault, FaultRule, SlowGets
+from tests.support.s3proxy import Fault, SlowGets
 from tests.support.skus import StartWorker, add_product, upload, wait_settled
 
 
@@ -160,10 +160,6 @@ def test_a_sku_that_keeps_failing_transiently_gives_up_with_the_cause(
     assert stuck.fetchone() == (0,)
 
 
-def _slow_gets(seconds: float) -> FaultRule:
-    return lambda method, path: Fault(delay_s=seconds) if method == "GET" else None
-
-
 def _wait_running(db: psycopg.Connection, product_id: int) -> None:
     sandbox.wait_until(
         lambda: db.execute(
@@ -180,10 +176,13 @@ def test_a_reupload_during_a_build_wins_over_the_stale_result(
 ) -> None:
     old = upload(s3, settings, {"old.jpg": jpeg(100, 100, seed=1)})
     new = upload(s3, settings, {"new1.jpg": jpeg(100, 100, seed=2), "new2.jpg": jpeg(50, 100)})
-    proxy = faulty_s3(_slow_gets(0.5))
+    held = SlowGets(delay_s=0.5)
+    proxy = faulty_s3(held)
     start_worker(settings.replace(s3_endpoint=proxy.endpoint))
     pid = add_product(db, old, external_id="RE-1")
     _wait_running(db, pid)
+    # Downloading already: the build has read its generation (earlier, it would just skip).
+    sandbox.wait_until(lambda: held.gets() >= 1, timeout=20, what="the first build's download")
     db.execute("UPDATE raw_products SET image_urls = %s WHERE id = %s", [json.dumps(new), pid])
     status, _, _ = wait_settled(db, pid, timeout=60)
     assert status == "collage_ready"
