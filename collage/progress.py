@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 # The first step of a build is written at once (the rescue can then always say where it began);
 # each later one only if it lasts this long.
 LATER_STEPS_AFTER_S = 0.5
+CLOSE_WAIT_S = 5.0  # a step's write is one short statement: longer means the database is away
 
 
 async def note(conn: AsyncConnection, product_id: int, generation: int, step: str) -> None:
@@ -85,6 +86,7 @@ class Reporter:
         self._loop = asyncio.get_running_loop()
         self._latest: str | None = None
         self._changed = asyncio.Event()
+        self._closed = False
         self._writer = asyncio.ensure_future(self._write_changes())
 
     def say(self, step: str) -> None:
@@ -92,10 +94,21 @@ class Reporter:
         self._loop.call_soon_threadsafe(self._set, step)
 
     async def close(self) -> None:
-        """Stop writing."""
+        """Stop writing; a write that outlasts CLOSE_WAIT_S is left to finish on its own.
+
+        The flag, not only the cancel, ends the writer: Python 3.11's asyncio.wait_for (in
+        psycopg_pool's wait for a connection) can lose a cancel that lands as a connection is
+        handed over, which once left a finished build waiting here for ever.
+        """
+        self._closed = True
+        self._changed.set()
         self._writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._writer
+        await asyncio.wait({self._writer}, timeout=CLOSE_WAIT_S)
+        if self._writer.done() and not self._writer.cancelled() and self._writer.exception():
+            logger.warning(
+                "build progress writer failed",
+                extra={"action": "progress", "error": repr(self._writer.exception())},
+            )
 
     def _set(self, step: str) -> None:
         self._latest = step
@@ -103,7 +116,7 @@ class Reporter:
 
     async def _write_changes(self) -> None:
         first = True
-        while True:
+        while not self._closed:
             await self._changed.wait()
             if not first:
                 # Later steps wait a moment: most builds are done before any needs writing,
@@ -111,7 +124,8 @@ class Reporter:
                 await asyncio.sleep(LATER_STEPS_AFTER_S)
             first = False
             step = self._latest
-            assert step is not None
+            if self._closed or step is None:
+                return
             try:
                 await self._write(step)
             except psycopg.Error as exc:

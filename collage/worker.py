@@ -136,7 +136,7 @@ async def _run_once(
                     name="procrastinate worker",
                 )
                 watchers = [
-                    asyncio.create_task(_rescue_every(app), name="rescue"),
+                    asyncio.create_task(_rescue_every(app, worker), name="rescue"),
                     asyncio.create_task(_beat_every(runtime, liveness, worker), name="beat"),
                 ]
                 stopping = asyncio.create_task(stop.wait())
@@ -162,9 +162,13 @@ async def _run_once(
             return f"{type(exc).__name__}: {exc}".strip()
 
 
-async def _rescue_every(app: Any) -> None:
-    """Take back the jobs of dead workers every few seconds, whatever this worker is doing."""
-    while True:
+async def _rescue_every(app: Any, worker: asyncio.Task[Any]) -> None:
+    """Take back the jobs of dead workers every few seconds, whatever this worker is doing.
+
+    The loop also ends with the worker: a cancel lost in a pool's wait (see progress.Reporter)
+    must not keep the process from exiting.
+    """
+    while not worker.done():
         await asyncio.sleep(RESCUE_EVERY_S)
         try:
             await rescue.rescue(app)

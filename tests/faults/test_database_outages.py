@@ -22,6 +22,7 @@ from tests.support.processes import (
     WorkerProcess,
     add_products,
     build_jobs_in,
+    describe_unsettled,
     doing_jobs,
     first_true,
     listen_pids,
@@ -109,6 +110,7 @@ def test_the_worker_recovers_by_itself_from_a_database_outage(
                 "settled": lambda: unsettled(fdb, ids) == 0,
             },
             timeout=45,
+            explain=lambda: describe_unsettled(fdb, ids),
         )
         slow.released.set()
         delays = []

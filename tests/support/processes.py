@@ -309,18 +309,44 @@ def unsettled(db: Db, ids: Sequence[int]) -> int:
     )
 
 
+def describe_unsettled(db: Db, ids: Sequence[int]) -> str:
+    """The SKUs not settled yet, each with its status and its jobs: what a timeout should say."""
+    rows = db.rows(
+        "SELECT p.id, p.image_status, coalesce(json_agg(json_build_object('job', j.id,"
+        " 'status', j.status, 'worker', j.worker_id, 'args', j.args) ORDER BY j.id)"
+        " FILTER (WHERE j.id IS NOT NULL), '[]') FROM raw_products p"
+        " LEFT JOIN procrastinate_jobs j ON j.lock = 'product:' || p.id"
+        " WHERE p.id = ANY(%(ids)s) GROUP BY p.id ORDER BY p.id",
+        {"ids": list(ids)},
+    )
+    lines = [
+        f"  SKU {pid} '{status}', jobs {jobs}"
+        for pid, status, jobs in rows
+        if status == "uploaded" or any(j["status"] in ("todo", "doing") for j in jobs)
+    ]
+    return "\n".join(["unsettled:", *lines]) if lines else "every SKU settled"
+
+
 def wait_settled(db: Db, ids: Sequence[int], *, timeout: float, what: str = "") -> float:
     """Wait until every SKU has settled; return how long it took."""
     started = time.monotonic()
-    sandbox.wait_until(
-        lambda: unsettled(db, ids) == 0,
-        timeout=timeout,
-        what=what or f"{len(ids)} SKU(s) to settle",
-    )
+    try:
+        sandbox.wait_until(
+            lambda: unsettled(db, ids) == 0,
+            timeout=timeout,
+            what=what or f"{len(ids)} SKU(s) to settle",
+        )
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}\n{describe_unsettled(db, ids)}") from None
     return time.monotonic() - started
 
 
-def first_true(checks: Mapping[str, Callable[[], bool]], *, timeout: float) -> dict[str, float]:
+def first_true(
+    checks: Mapping[str, Callable[[], bool]],
+    *,
+    timeout: float,
+    explain: Callable[[], str] = lambda: "",
+) -> dict[str, float]:
     """Poll several conditions at once; return how many seconds each took to become true."""
     started = time.monotonic()
     took: dict[str, float] = {}
@@ -334,7 +360,9 @@ def first_true(checks: Mapping[str, Callable[[], bool]], *, timeout: float) -> d
             return took
         if time.monotonic() - started > timeout:
             missing = sorted(set(checks) - set(took))
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {missing}; got {took}")
+            raise TimeoutError(
+                f"timed out after {timeout:.0f}s waiting for {missing}; got {took}\n{explain()}"
+            )
         time.sleep(0.02)
 
 

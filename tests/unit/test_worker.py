@@ -1,5 +1,5 @@
 """The supervisor's restart and give-up rules, on a fake clock (the real outages are in
-tests/test_faults.py)."""
+tests/faults/)."""
 
 from __future__ import annotations
 
