@@ -31,6 +31,20 @@ SECRET_PARAMETERS = frozenset({"password", "sslpassword", "oauth_client_secret"}
 
 
 @dataclass(frozen=True, kw_only=True)
+class Database:
+    """Where the database is: all that the commands which only read or change rows need."""
+
+    url: str = field(repr=False)
+    session_url: str = field(repr=False)  # LISTEN and advisory locks: a session, not a txn pool
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Database:
+        """Read the two database URLs; raise ConfigError naming the bad one."""
+        url = _required(env, "STAGING_DB_URL", _dsn)
+        return cls(url=url, session_url=_optional(env, "STAGING_DB_SESSION_URL", _dsn, url))
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything the worker and the CLI need to know about their surroundings."""
 
@@ -71,10 +85,10 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         """Build settings from environment variables; raise ConfigError naming the bad one."""
-        db_url = _required(env, "STAGING_DB_URL", _dsn)
+        database = Database.from_env(env)
         return cls(
-            db_url=db_url,
-            db_session_url=_optional(env, "STAGING_DB_SESSION_URL", _dsn, db_url),
+            db_url=database.url,
+            db_session_url=database.session_url,
             s3_endpoint=_required(env, "S3_ENDPOINT", _http_url),
             s3_access_key=_required(env, "S3_ACCESS_KEY", str),
             s3_secret_key=_required(env, "S3_SECRET_KEY", str),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -12,9 +12,10 @@ import click
 import psycopg
 
 from collage.errors import ConfigError, one_line
-from collage.settings import Settings
+from collage.settings import Database, Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
+R = TypeVar("R")
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_DURATION_S = 10 * 365 * 86400
 
@@ -28,8 +29,17 @@ class Fail(click.ClickException):
 
 def load_settings() -> Settings:
     """Read the environment once per command, turning a bad value into one clear line."""
+    return _from_environment(Settings.from_env)
+
+
+def load_database() -> Database:
+    """Read only the database URLs: commands on rows run where no S3 keys are set."""
+    return _from_environment(Database.from_env)
+
+
+def _from_environment(read: Callable[[Mapping[str, str]], R]) -> R:
     try:
-        return Settings.from_env(os.environ)
+        return read(os.environ)
     except ConfigError as exc:
         raise Fail(str(exc)) from None
 

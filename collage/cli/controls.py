@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import click
 
 from collage import controls, inspection
-from collage.cli.common import Duration, database_errors, load_settings
+from collage.cli.common import Duration, database_errors, load_database
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -92,8 +92,8 @@ def operator() -> str:
 def requeue_command(where: controls.SkuFilter, dry_run: bool, yes: bool, cancelled: bool) -> None:
     """Put errored (or cancelled) SKUs back in the queue: they become 'uploaded' and are queued."""
     status = "cancelled" if cancelled else "error"
-    settings = load_settings()
-    with inspection.connect(settings.db_url) as conn:
+    database = load_database()
+    with inspection.connect(database.url) as conn:
         rows = controls.errored(conn, where, status=status)
         if not rows:
             click.echo(f"no {'cancelled' if cancelled else 'errored'} SKU matches")
@@ -121,8 +121,8 @@ def cancel_command(where: controls.SkuFilter, dry_run: bool, yes: bool) -> None:
 
     `collage requeue --cancelled` queues them again.
     """
-    settings = load_settings()
-    with inspection.connect(settings.db_url) as conn:
+    database = load_database()
+    with inspection.connect(database.url) as conn:
         rows = controls.waiting(conn, where)
         if not rows:
             click.echo("no waiting build matches")
@@ -146,8 +146,8 @@ def cancel_command(where: controls.SkuFilter, dry_run: bool, yes: bool) -> None:
 @database_errors
 def pause_command(brand: str | None, reason: str | None) -> None:
     """Stop building (new uploads keep being queued; running builds finish; nothing is lost)."""
-    settings = load_settings()
-    with inspection.connect(settings.db_url) as conn:
+    database = load_database()
+    with inspection.connect(database.url) as conn:
         held = controls.pause(conn, brand, by=operator(), reason=reason)
     click.echo(f"paused {brand or 'every brand'}: {held} waiting build(s) held back")
 
@@ -157,8 +157,8 @@ def pause_command(brand: str | None, reason: str | None) -> None:
 @database_errors
 def resume_command(brand: str | None) -> None:
     """End a pause: the builds it held back are due again."""
-    settings = load_settings()
-    with inspection.connect(settings.db_url) as conn:
+    database = load_database()
+    with inspection.connect(database.url) as conn:
         due = controls.resume(conn, brand)
         still = [row["scope"] for row in controls.pauses(conn)]
     click.echo(f"resumed {brand or 'every brand'}: {due} build(s) due again")

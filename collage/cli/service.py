@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from collage import db, health, migrate
-from collage.cli.common import Fail, database_errors, load_settings
+from collage.cli.common import Fail, database_errors, load_database, load_settings
 from collage.constants import GRACEFUL_TIMEOUT_S, HANDOVER_S, SHUTDOWN_SLACK_S, STALLED_WORKER_S
 from collage.errors import CollageError
 from collage.settings import redact
@@ -29,8 +29,7 @@ MAX_GRACEFUL_S = STALLED_WORKER_S - HANDOVER_S - SHUTDOWN_SLACK_S - 10
 @database_errors
 def migrate_command(show_status: bool) -> None:
     """Bring the database to the current schema (Procrastinate's, then migrations/)."""
-    settings = load_settings()
-    dsn = settings.db_session_url  # an advisory lock needs a session, not a transaction pool
+    dsn = load_database().session_url  # an advisory lock needs a session, not a transaction pool
     if show_status:
         state = migrate.status(dsn)
         click.echo(f"database: {redact(dsn)}")

@@ -13,7 +13,7 @@ from collage.cli.common import (
     cell,
     database_errors,
     json_value,
-    load_settings,
+    load_database,
     table,
 )
 
@@ -24,8 +24,8 @@ from collage.cli.common import (
 @database_errors
 def jobs_command(as_json: bool, failures: int) -> None:
     """Show the queue at a glance: counts, oldest waiting, running, failures, stalled."""
-    settings = load_settings()
-    with inspection.connect(settings.db_url) as conn:
+    database = load_database()
+    with inspection.connect(database.url) as conn:
         report = {
             "summary": inspection.summary(conn),
             "running": inspection.running(conn),
@@ -67,8 +67,8 @@ def jobs_command(as_json: bool, failures: int) -> None:
 @database_errors
 def show_command(ref: str) -> None:
     """Show one SKU: its row, its latest job and every job it had."""
-    settings = load_settings()
-    with inspection.connect(settings.db_url) as conn:
+    database = load_database()
+    with inspection.connect(database.url) as conn:
         try:
             row = inspection.find_product(conn, ref)
         except ValueError as exc:

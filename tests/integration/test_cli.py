@@ -53,6 +53,17 @@ def test_a_missing_setting_is_one_line_and_exit_1(monkeypatch: pytest.MonkeyPatc
     assert result.output.strip() == "collage: STAGING_DB_URL is not set"
 
 
+def test_commands_on_rows_need_only_the_database(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("S3_ENDPOINT", "S3_ACCESS_KEY", "S3_SECRET_KEY", "STAGING_DB_SESSION_URL"):
+        monkeypatch.delenv(name, raising=False)
+    env = {"STAGING_DB_URL": settings.db_url}
+    for command in (["jobs"], ["migrate", "--status"], ["requeue", "--dry-run"]):
+        result = CliRunner().invoke(main, command, env=env, catch_exceptions=False)
+        assert result.exit_code == 0, (command, result.output)
+
+
 def test_an_unreachable_database_is_one_line_not_a_traceback(settings: Settings) -> None:
     down = settings.replace(db_url="postgresql://postgres@127.0.0.1:1/none")
     result = run(down, "jobs")

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from collage.errors import ConfigError
-from collage.settings import Settings, redact
+from collage.settings import Database, Settings, redact
 
 BASE = {
     "STAGING_DB_URL": "postgresql://app:s3cret@db:6432/staging",
@@ -94,6 +94,23 @@ def test_a_bad_value_names_the_variable(name: str, value: str, expected: str) ->
         Settings.from_env({**BASE, name: value})
     assert str(info.value).startswith(expected)
     assert "\n" not in str(info.value)
+
+
+def test_the_database_alone_needs_no_s3_settings() -> None:
+    database = Database.from_env({"STAGING_DB_URL": "postgresql://u:pw@db:6432/staging"})
+    assert database.url == database.session_url == "postgresql://u:pw@db:6432/staging"
+    assert "pw" not in repr(database)
+    split = Database.from_env(
+        {
+            "STAGING_DB_URL": "postgresql://db:6432/s",
+            "STAGING_DB_SESSION_URL": "postgresql://db:6433/s",
+        }
+    )
+    assert (split.url, split.session_url) == ("postgresql://db:6432/s", "postgresql://db:6433/s")
+    with pytest.raises(ConfigError, match="STAGING_DB_SESSION_URL is invalid"):
+        Database.from_env(
+            {"STAGING_DB_URL": "postgresql://db/s", "STAGING_DB_SESSION_URL": "x://y"}
+        )
 
 
 def test_secrets_stay_out_of_the_repr() -> None:
