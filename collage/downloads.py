@@ -8,12 +8,12 @@ worker moves on to the next job.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from collage import metrics
 from collage.errors import BadImageUrls, NoPhotos
 from collage.runtime import Runtime
-from collage.storage import Bucket, ByteBudget
+from collage.storage import Abandoned, Bucket, ByteBudget
 
 MAX_PHOTOS = 40  # 40 photos at the narrowest plausible width already pass JPEG's width limit
 CONCURRENCY = 4
@@ -58,6 +58,19 @@ async def download_all(
 
 
 def _first(group: BaseExceptionGroup) -> BaseException:
-    """The failure that ended the group (the others are what cancelling it caused)."""
-    error = group.exceptions[0]
-    return _first(error) if isinstance(error, BaseExceptionGroup) else error
+    """The failure that ended the group, not a download that it stopped.
+
+    The group lists failures in the order their tasks ended: a thread stopped by the budget
+    (Abandoned) can end before the thread that went over it and raised TooLarge.
+    """
+    errors = list(_leaves(group))
+    effects = (Abandoned, asyncio.CancelledError)
+    return next((error for error in errors if not isinstance(error, effects)), errors[0])
+
+
+def _leaves(group: BaseExceptionGroup) -> Iterator[BaseException]:
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            yield from _leaves(error)
+        else:
+            yield error
