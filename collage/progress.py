@@ -16,9 +16,11 @@ from psycopg import AsyncConnection
 
 logger = logging.getLogger(__name__)
 
-# The first step of a build is written at once (the rescue can then always say where it began);
-# each later one only if it lasts this long.
+# The first step of a build is written before the build goes on (the rescue can then always say
+# where it began, even when its first download kills the worker); each later one only if it
+# lasts this long.
 LATER_STEPS_AFTER_S = 0.5
+FIRST_STEP_WAIT_S = 2.0  # a database slower than this costs the rescue's message, not the build
 CLOSE_WAIT_S = 5.0  # a step's write is one short statement: longer means the database is away
 
 
@@ -89,8 +91,16 @@ class Reporter:
         self._closed = False
         self._writer = asyncio.ensure_future(self._write_changes())
 
+    async def begin(self, step: str) -> None:
+        """Write the build's first step now, before anything that could kill the worker."""
+        self._latest = step
+        try:
+            await asyncio.wait_for(self._write(step), FIRST_STEP_WAIT_S)
+        except (psycopg.Error, TimeoutError) as exc:
+            _not_written(exc)
+
     def say(self, step: str) -> None:
-        """Report a step, from this thread or any other."""
+        """Report a later step, from this thread or any other."""
         self._loop.call_soon_threadsafe(self._set, step)
 
     async def close(self) -> None:
@@ -115,26 +125,25 @@ class Reporter:
         self._changed.set()
 
     async def _write_changes(self) -> None:
-        first = True
         while not self._closed:
             await self._changed.wait()
-            if not first:
-                # Later steps wait a moment: most builds are done before any needs writing,
-                # and a step that lasts is the one a rescue wants to name.
-                await asyncio.sleep(LATER_STEPS_AFTER_S)
-            first = False
+            # Later steps wait a moment: most builds are done before any needs writing, and a
+            # step that lasts is the one a rescue wants to name.
+            await asyncio.sleep(LATER_STEPS_AFTER_S)
             step = self._latest
             if self._closed or step is None:
                 return
             try:
                 await self._write(step)
             except psycopg.Error as exc:
-                logger.debug(
-                    "build progress not written", extra={"action": "progress", "error": str(exc)}
-                )
+                _not_written(exc)
             if self._latest == step:
                 self._changed.clear()
 
     async def _write(self, step: str) -> None:
         async with self._connect() as conn:
             await note(conn, self._product_id, self._generation, step)
+
+
+def _not_written(exc: BaseException) -> None:
+    logger.debug("build progress not written", extra={"action": "progress", "error": repr(exc)})

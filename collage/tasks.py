@@ -115,7 +115,7 @@ async def make_collage(
     try:
         key = collage_key(product.brand, product.external_id)
         keys = downloads.photo_keys(runtime.bucket, product.image_urls)
-        reporter.say(f"downloading {len(keys)} photo{'s' if len(keys) != 1 else ''}")
+        await reporter.begin(f"downloading {len(keys)} photo{'s' if len(keys) != 1 else ''}")
         photos = await downloads.download_all(runtime, keys)
         builder = runtime.builder
         assert builder is not None, "this runtime builds no collages"

@@ -65,12 +65,14 @@ def test_errors_come_back_as_build_collage_raises_them(builder: Builder) -> None
 
 @pytest.mark.slow
 def test_scan_bomb_past_the_cpu_budget_is_stopped() -> None:
-    bomb = scan_bomb(6000, 6000, repeats=300)  # 309 scans, 14 MB: about 2.5 s of CPU here
+    bomb = scan_bomb(6000, 6000, repeats=600)  # 609 scans, 27 MB: about 3.5 s of CPU here
     limits = Limits(max_scans=10**6)  # let the bomb past the structural check, to the budget
     with Builder(limits=limits, budget=Budget(cpu_s=1), processes=1) as builder:
         started = time.monotonic()
         with pytest.raises(OverBudget) as raised:
-            builder.build([jpeg(40, 30), bomb], names=NAMES)
+            # Photo 1 as tall as the bomb: scaled, a thumbnail would spend the budget itself
+            # (40x30 to 8000x6000 is 0.7 s of CPU).
+            builder.build([jpeg(40, 6000), bomb], names=NAMES)
         elapsed = time.monotonic() - started
         message = raised.value.message
         print(f"\nscan bomb: {message} after {elapsed:.1f} s")
@@ -80,7 +82,7 @@ def test_scan_bomb_past_the_cpu_budget_is_stopped() -> None:
         assert " s CPU, " in message and "MiB peak" in message and "\n" not in message
         still_builds(builder)
     # The structural check alone refuses it in milliseconds, without a child.
-    with pytest.raises(TooLarge, match="is a JPEG of 309 scans; at most 100 are allowed"):
+    with pytest.raises(TooLarge, match="is a JPEG of 609 scans; at most 100 are allowed"):
         imaging.build_collage([bomb])
 
 

@@ -24,7 +24,9 @@ class Recorder:
         self.steps.append(params[2])
 
 
-def test_the_first_step_is_written_and_later_ones_coalesce(monkeypatch: Any) -> None:
+def test_the_first_step_is_written_before_the_build_goes_on_and_later_ones_coalesce(
+    monkeypatch: Any,
+) -> None:
     monkeypatch.setattr(progress, "LATER_STEPS_AFTER_S", 0.05)
     conn = Recorder()
 
@@ -34,8 +36,8 @@ def test_the_first_step_is_written_and_later_ones_coalesce(monkeypatch: Any) -> 
 
     async def scenario() -> None:
         reporter = progress.Reporter(connect, product_id=7, generation=1)  # type: ignore[arg-type]
-        reporter.say("downloading 3 photos")
-        await asyncio.sleep(0.02)
+        await reporter.begin("downloading 3 photos")
+        assert conn.steps == ["downloading 3 photos"]  # written before the build goes on
         for index in range(1, 4):
             reporter.say(f"decoding photo {index} of 3")
         await asyncio.sleep(0.2)
@@ -61,10 +63,29 @@ def test_close_returns_when_the_pool_loses_the_cancel() -> None:
 
     async def scenario() -> None:
         reporter = progress.Reporter(losing_connect, product_id=7, generation=1)  # type: ignore[arg-type]
-        reporter.say("downloading 2 photos")
+        reporter.say("decoding photo 1 of 2")
         await waiting.wait()
         # Well under CLOSE_WAIT_S: a close that only waited out its bound would fail here too.
         await asyncio.wait_for(reporter.close(), timeout=progress.CLOSE_WAIT_S / 5)
 
     asyncio.run(scenario())
-    assert conn.steps == ["downloading 2 photos"]
+    assert conn.steps == ["decoding photo 1 of 2"]
+
+
+def test_a_database_that_does_not_answer_holds_the_first_step_briefly(monkeypatch: Any) -> None:
+    monkeypatch.setattr(progress, "FIRST_STEP_WAIT_S", 0.1)
+
+    @contextlib.asynccontextmanager
+    async def hung() -> AsyncIterator[Recorder]:
+        await asyncio.Event().wait()
+        yield Recorder()
+
+    async def scenario() -> float:
+        reporter = progress.Reporter(hung, product_id=7, generation=1)  # type: ignore[arg-type]
+        started = asyncio.get_running_loop().time()
+        await reporter.begin("downloading 1 photo")
+        took = asyncio.get_running_loop().time() - started
+        await reporter.close()
+        return took
+
+    assert asyncio.run(scenario()) < 1.0  # the bound, not the database, ends the wait
