@@ -9,6 +9,7 @@ import time
 import psycopg
 import pytest
 
+from collage.constants import RESCUE_TASK
 from dev import sandbox
 from dev.photos import solid_jpeg
 from tests.conftest import missing_service
@@ -165,11 +166,19 @@ def test_a_query_killed_in_flight_does_not_lose_the_sku(
     proxy = FaultyProxy(rig.s3_endpoint, slow)
     locker = psycopg.connect(fault_dsn)
     try:
-        rig.spawn(s3_endpoint=proxy.endpoint)
+        # One slot more than the default: a sweep and an hourly retry due while the table is
+        # locked wait on it too, and the build still gets a slot.
+        rig.spawn("-c", "3", s3_endpoint=proxy.endpoint)
         # The periodic jobs a worker queues at start (the sweep reads raw_products) run first.
+        # Procrastinate defers them in the order they are declared, the every-minute rescue
+        # after the sweep and the retry: once the rescue is deferred, the others are too.
         sandbox.wait_until(
             lambda: (
-                not fdb.value(
+                fdb.value(
+                    "SELECT count(*) FROM procrastinate_periodic_defers WHERE task_name = %s",
+                    [RESCUE_TASK],
+                )
+                and not fdb.value(
                     "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')"
                 )
             ),
