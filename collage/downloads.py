@@ -8,7 +8,7 @@ worker moves on to the next job.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from collage import metrics
 from collage.errors import BadImageUrls, NoPhotos
@@ -63,14 +63,8 @@ def _first(group: BaseExceptionGroup) -> BaseException:
     The group lists failures in the order their tasks ended: a thread stopped by the budget
     (Abandoned) can end before the thread that went over it and raised TooLarge.
     """
-    errors = list(_leaves(group))
-    effects = (Abandoned, asyncio.CancelledError)
-    return next((error for error in errors if not isinstance(error, effects)), errors[0])
-
-
-def _leaves(group: BaseExceptionGroup) -> Iterator[BaseException]:
-    for error in group.exceptions:
-        if isinstance(error, BaseExceptionGroup):
-            yield from _leaves(error)
-        else:
-            yield error
+    _, causes = group.split(Abandoned)
+    error: BaseException = causes or group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error

@@ -114,10 +114,13 @@ class Reporter:
         self._changed.set()
         self._writer.cancel()
         await asyncio.wait({self._writer}, timeout=CLOSE_WAIT_S)
-        if self._writer.done() and not self._writer.cancelled() and self._writer.exception():
+        if (
+            self._writer.done()
+            and not self._writer.cancelled()
+            and (exc := self._writer.exception())
+        ):
             logger.warning(
-                "build progress writer failed",
-                extra={"action": "progress", "error": repr(self._writer.exception())},
+                "build progress writer failed", extra={"action": "progress", "error": repr(exc)}
             )
 
     def _set(self, step: str) -> None:
