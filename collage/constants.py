@@ -32,7 +32,14 @@ GRACEFUL_TIMEOUT_S = 60
 HANDOVER_S = 30
 # And Procrastinate this long to record what it aborted: the whole drain is the sum.
 SHUTDOWN_SLACK_S = 10
-DRAIN_S = GRACEFUL_TIMEOUT_S + HANDOVER_S + SHUTDOWN_SLACK_S
+
+
+def drain_s(graceful_timeout_s: float) -> float:
+    """How long a worker may take to stop after SIGTERM, given its grace period."""
+    return graceful_timeout_s + HANDOVER_S + SHUTDOWN_SLACK_S
+
+
+DRAIN_S = drain_s(GRACEFUL_TIMEOUT_S)
 
 # A running job's worker holds a session advisory lock (LIVENESS_LOCK_SPACE, job id) for it on a
 # connection of its own: PostgreSQL drops the lock the moment that connection dies (a killed

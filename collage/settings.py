@@ -25,6 +25,18 @@ DEFAULT_REGION = "us-east-1"
 DEFAULT_ORIGINALS_PREFIX = "originals/"
 DEFAULT_WEB_HOST = "127.0.0.1"
 DEFAULT_WEB_PORT = 8080
+DEFAULT_BATCH_SIZE = 100
+DEFAULT_QUALITY = 95
+# The lowest quality COLLAGE_MAX_BYTES may push a collage to: below 70, 4:4:4 JPEG's blocks and
+# ringing start to show on product photos' edges and small print.
+DEFAULT_MIN_QUALITY = 70
+DEFAULT_CONCURRENCY = 2
+# The slowest real collage at the limits (150 MP canvas, 64 MP photos, ICC conversions) costs
+# about 6 s of CPU here: 30 s stops a decoding bomb long before a worker notices.
+DEFAULT_BUILD_CPU_S = 30
+# Memory a build may add to its child process (imports, about 280 MiB, come on top): the worst
+# accepted build, a 64 MP lossless WebP on a 150 MP canvas, peaks at 1.6 GiB; two fit in 4 GB.
+DEFAULT_BUILD_MEMORY_MB = 1792
 MIN_WEB_TOKEN_CHARS = 16
 # libpq parameters whose values are secrets (passfile and sslkey name files, not secrets).
 SECRET_PARAMETERS = frozenset({"password", "sslpassword", "oauth_client_secret"})
@@ -57,13 +69,13 @@ class Settings:
     s3_region: str = DEFAULT_REGION
     s3_public_url: str = ""
     s3_originals_prefix: str = DEFAULT_ORIGINALS_PREFIX
-    batch_size: int = 100
-    collage_quality: int = 95
+    batch_size: int = DEFAULT_BATCH_SIZE
+    collage_quality: int = DEFAULT_QUALITY
     collage_max_bytes: int | None = None  # off: collages of any size
-    collage_min_quality: int = 70  # the lowest quality collage_max_bytes may push a collage to
-    worker_concurrency: int = 2
-    build_cpu_s: int = 30
-    build_memory_mb: int = 1792
+    collage_min_quality: int = DEFAULT_MIN_QUALITY  # the floor collage_max_bytes may push to
+    worker_concurrency: int = DEFAULT_CONCURRENCY
+    build_cpu_s: int = DEFAULT_BUILD_CPU_S
+    build_memory_mb: int = DEFAULT_BUILD_MEMORY_MB
     temp_dir: Path = field(default_factory=lambda: _default_temp_dir())
     metrics_port: int | None = None
     web_host: str = DEFAULT_WEB_HOST
@@ -98,16 +110,24 @@ class Settings:
             s3_originals_prefix=_optional(
                 env, "S3_ORIGINALS_PREFIX", _originals_prefix, DEFAULT_ORIGINALS_PREFIX
             ),
-            batch_size=_optional(env, "BATCH_SIZE", _int_between(1, 10_000), 100),
-            collage_quality=_optional(env, "COLLAGE_QUALITY", _int_between(1, 100), 95),
+            batch_size=_optional(env, "BATCH_SIZE", _int_between(1, 10_000), DEFAULT_BATCH_SIZE),
+            collage_quality=_optional(
+                env, "COLLAGE_QUALITY", _int_between(1, 100), DEFAULT_QUALITY
+            ),
             collage_max_bytes=_optional(
                 env, "COLLAGE_MAX_BYTES", _int_between(1024, 2**31 - 1), None
             ),
-            collage_min_quality=_optional(env, "COLLAGE_MIN_QUALITY", _int_between(1, 100), 70),
-            worker_concurrency=_optional(env, "WORKER_CONCURRENCY", _int_between(1, 64), 2),
-            build_cpu_s=_optional(env, "COLLAGE_CPU_LIMIT_S", _int_between(1, 3600), 30),
+            collage_min_quality=_optional(
+                env, "COLLAGE_MIN_QUALITY", _int_between(1, 100), DEFAULT_MIN_QUALITY
+            ),
+            worker_concurrency=_optional(
+                env, "WORKER_CONCURRENCY", _int_between(1, 64), DEFAULT_CONCURRENCY
+            ),
+            build_cpu_s=_optional(
+                env, "COLLAGE_CPU_LIMIT_S", _int_between(1, 3600), DEFAULT_BUILD_CPU_S
+            ),
             build_memory_mb=_optional(
-                env, "COLLAGE_MEMORY_LIMIT_MB", _int_between(256, 65536), 1792
+                env, "COLLAGE_MEMORY_LIMIT_MB", _int_between(256, 65536), DEFAULT_BUILD_MEMORY_MB
             ),
             temp_dir=_optional(env, "TEMP_DIR", Path, None) or _default_temp_dir(),
             metrics_port=_optional(env, "METRICS_PORT", _int_between(1, 65535), None),
@@ -132,7 +152,7 @@ def redact(dsn: str) -> str:
     if "://" not in dsn:
         params = conninfo_to_dict(dsn)
         hidden = {key: "***" for key in params if _is_secret(key)}
-        return make_conninfo(**{**params, **hidden}) if hidden else dsn
+        return make_conninfo("", **{**params, **hidden}) if hidden else dsn
     parts = urlsplit(dsn)
     netloc = parts.netloc
     if parts.password is not None:

@@ -16,7 +16,7 @@ from importlib import resources
 import psycopg
 from starlette.testclient import TestClient
 
-from collage import inspection, migrate
+from collage.db import migrate
 from collage.settings import Settings
 from collage.web.app import create_app
 from dev import sandbox

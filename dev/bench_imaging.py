@@ -21,8 +21,9 @@ from typing import Any
 from PIL import Image, ImageChops, ImageCms, ImageStat
 
 from collage import imaging
-from collage.imaging import RESAMPLING, build_collage, plan_layout
+from collage.imaging import RESAMPLING, compose, plan_layout
 from dev import photos
+from dev.collages import build_collage
 
 QUALITY = 95
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
@@ -93,18 +94,18 @@ def measure(kinds: Sequence[str], sku: Path, *, warm: bool) -> dict[str, dict[st
     """Run each kind of job on a SKU in this process; warm, each runs once unmeasured first."""
     photos = load(sku)
     if resampling := os.environ.get("BENCH_RESAMPLING"):
-        imaging.RESAMPLING = Image.Resampling[resampling]
+        compose.RESAMPLING = Image.Resampling[resampling]
     canvas = None
     if any(kind == "floor" or kind.startswith("encode") for kind in kinds):
         canvas = Image.open(io.BytesIO(build_collage(photos, quality=QUALITY)))
         canvas.load()
     if any(kind in ("one", "ahead") for kind in kinds):
-        imaging.RESAMPLER = "opencv"
+        compose.RESAMPLER = "opencv"
         imaging.load_resampler()  # as a worker's child process does when it starts
 
     def job(kind: str) -> int:
         if kind in ("one", "ahead", "pillow"):
-            imaging.RESAMPLER = "pillow" if kind == "pillow" else "opencv"
+            compose.RESAMPLER = "pillow" if kind == "pillow" else "opencv"
             ahead = imaging.AHEAD_PIXELS if kind == "ahead" else 0
             return len(build_collage(photos, quality=QUALITY, ahead_pixels=ahead))
         if kind == "floor":
@@ -270,7 +271,7 @@ def resampler_study(reps: int) -> None:
     import cv2
     import numpy as np
 
-    imaging.RESAMPLER = "opencv"
+    compose.RESAMPLER = "opencv"
     imaging.load_resampler()
     source = photos.product(random.Random(7), 1600, 2400)
     size, output_mp = (2000, 3000), 6.0
@@ -406,7 +407,7 @@ def ipc_study(skus: Sequence[Path], reps: int) -> None:
 
 def measure_fit(sku: Path, limits: Sequence[int], reps: int) -> list[dict[str, Any]]:
     """Build a SKU with each byte limit; count the full encodes and the sampled ones."""
-    from collage import encoding
+    from collage.imaging import encode as encoding
 
     photos = load(sku)
     imaging.load_resampler()

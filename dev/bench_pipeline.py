@@ -21,7 +21,8 @@ from pathlib import Path
 import click
 import psycopg
 
-from collage import imaging, migrate
+from collage import imaging
+from collage.db import migrate
 from dev import sandbox
 from dev.photos import noisy_jpeg
 

@@ -24,10 +24,11 @@ import click
 import psycopg
 from PIL import Image, ImageChops
 
-from collage import logs, migrate
+from collage.cli import logs
+from collage.db import migrate
+from collage.queue.worker import supervise
 from collage.settings import Settings
 from collage.web.app import create_app
-from collage.worker import supervise
 from dev import sandbox
 from dev.browser import Server, chromium, chromium_path
 from dev.photos import garment

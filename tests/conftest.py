@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from collage import migrate
+from collage.db import migrate
 from collage.settings import Settings
 from dev import sandbox
 from tests.support.processes import Cluster, Db, Rig, pg_bindir, throwaway_cluster
@@ -160,7 +160,7 @@ class WorkerThread:
         self._thread = threading.Thread(target=self._run, name="collage-worker", daemon=True)
 
     def _run(self) -> None:
-        from collage.worker import supervise
+        from collage.queue.worker import supervise
 
         async def main() -> int:
             self._stop = asyncio.Event()

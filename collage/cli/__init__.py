@@ -6,8 +6,7 @@ import logging
 
 import click
 
-from collage import logs
-from collage.cli import controls, service, skus, web
+from collage.cli import controls, logs, service, skus, web
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -13,8 +13,9 @@ from typing import Any, TypeVar
 
 import click
 
-from collage import controls, inspection
+from collage import db
 from collage.cli.common import Duration, database_errors, load_database
+from collage.db import controls
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -93,7 +94,7 @@ def requeue_command(where: controls.SkuFilter, dry_run: bool, yes: bool, cancell
     """Put errored (or cancelled) SKUs back in the queue: they become 'uploaded' and are queued."""
     status = "cancelled" if cancelled else "error"
     database = load_database()
-    with inspection.connect(database.url) as conn:
+    with db.connect_dicts(database.url) as conn:
         rows = controls.errored(conn, where, status=status)
         if not rows:
             click.echo(f"no {'cancelled' if cancelled else 'errored'} SKU matches")
@@ -122,7 +123,7 @@ def cancel_command(where: controls.SkuFilter, dry_run: bool, yes: bool) -> None:
     `collage requeue --cancelled` queues them again.
     """
     database = load_database()
-    with inspection.connect(database.url) as conn:
+    with db.connect_dicts(database.url) as conn:
         rows = controls.waiting(conn, where)
         if not rows:
             click.echo("no waiting build matches")
@@ -147,7 +148,7 @@ def cancel_command(where: controls.SkuFilter, dry_run: bool, yes: bool) -> None:
 def pause_command(brand: str | None, reason: str | None) -> None:
     """Stop building (new uploads keep being queued; running builds finish; nothing is lost)."""
     database = load_database()
-    with inspection.connect(database.url) as conn:
+    with db.connect_dicts(database.url) as conn:
         held = controls.pause(conn, brand, by=operator(), reason=reason)
     click.echo(f"paused {brand or 'every brand'}: {held} waiting build(s) held back")
 
@@ -158,7 +159,7 @@ def pause_command(brand: str | None, reason: str | None) -> None:
 def resume_command(brand: str | None) -> None:
     """End a pause: the builds it held back are due again."""
     database = load_database()
-    with inspection.connect(database.url) as conn:
+    with db.connect_dicts(database.url) as conn:
         due = controls.resume(conn, brand)
         still = [row["scope"] for row in controls.pauses(conn)]
     click.echo(f"resumed {brand or 'every brand'}: {due} build(s) due again")

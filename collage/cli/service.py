@@ -10,16 +10,16 @@ from pathlib import Path
 
 import click
 
-from collage import db, health, migrate
 from collage.cli.common import Fail, database_errors, load_database, load_settings
-from collage.constants import GRACEFUL_TIMEOUT_S, HANDOVER_S, SHUTDOWN_SLACK_S, STALLED_WORKER_S
+from collage.constants import GRACEFUL_TIMEOUT_S, STALLED_WORKER_S, drain_s
+from collage.db import connect_async, migrate
 from collage.errors import CollageError
-from collage.settings import redact
+from collage.settings import DEFAULT_MIN_QUALITY, DEFAULT_QUALITY, redact
 
 # Heartbeats stop while a worker drains: the whole drain (grace, hand-over of an upload in
 # flight, clean-up) must end well before STALLED_WORKER_S, past which a silent worker's jobs
 # are taken even while it holds their locks.
-MAX_GRACEFUL_S = STALLED_WORKER_S - HANDOVER_S - SHUTDOWN_SLACK_S - 10
+MAX_GRACEFUL_S = STALLED_WORKER_S - (drain_s(0) + 10)
 
 
 @click.command("migrate")
@@ -65,7 +65,7 @@ def worker_command(concurrency: int | None, graceful_timeout: float) -> None:
     # time: about 25 % less CPU per collage for at most 512 MB kept (docs in README, Performance).
     # It is read when Pillow is imported, which the next line does.
     os.environ.setdefault("PILLOW_BLOCKS_MAX", "32")
-    from collage import metrics, worker
+    from collage.queue import metrics, worker
 
     settings = load_settings()
     exporter = None
@@ -91,14 +91,16 @@ def worker_command(concurrency: int | None, graceful_timeout: float) -> None:
     "photos", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
 )
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-q", "--quality", type=click.IntRange(1, 100), default=95, show_default=True)
+@click.option(
+    "-q", "--quality", type=click.IntRange(1, 100), default=DEFAULT_QUALITY, show_default=True
+)
 @click.option(
     "--max-bytes", type=click.IntRange(1024), help="Encode again at a lower quality to fit this."
 )
 @click.option(
     "--min-quality",
     type=click.IntRange(1, 100),
-    default=70,
+    default=DEFAULT_MIN_QUALITY,
     show_default=True,
     help="The lowest quality --max-bytes may go to.",
 )
@@ -106,21 +108,22 @@ def make_command(
     photos: tuple[Path, ...], output: Path, quality: int, max_bytes: int | None, min_quality: int
 ) -> None:
     """Build a collage from local files exactly as the worker would, within the same bounds."""
-    from collage.builder import Builder
+    from collage.imaging import JpegTarget
+    from collage.isolation.pool import BuildPool
+    from collage.isolation.process import Budget
 
     try:
         data = [path.read_bytes() for path in photos]
     except OSError as exc:
         raise Fail(f"cannot read {exc.filename}: {exc.strerror}") from None
+    target = JpegTarget(
+        quality=quality,
+        max_bytes=max_bytes,
+        min_quality=min(min_quality, quality) if max_bytes else None,
+    )
     try:
-        with Builder(processes=1) as builder:
-            built = builder.build(
-                data,
-                quality=quality,
-                names=[str(p) for p in photos],
-                max_bytes=max_bytes,
-                min_quality=min(min_quality, quality),
-            )
+        with BuildPool(budget=Budget.of(), processes=1) as pool:
+            built = pool.build(data, target=target, names=[str(p) for p in photos])
     except CollageError as exc:
         raise Fail(exc.message) from None
     try:
@@ -136,12 +139,12 @@ def make_command(
 @database_errors
 def sweep_command(limit: int | None) -> None:
     """Queue 'uploaded' SKUs that have no job now, and log the batch (the 15-minute sweep)."""
-    from collage.maintenance import run_sweep
+    from collage.queue.periodic import run_sweep
 
     settings = load_settings()
 
     async def run() -> list[int]:
-        async with await db.connect_async(settings.db_url) as conn:
+        async with await connect_async(settings.db_url) as conn:
             return await run_sweep(conn, limit=limit or settings.batch_size)
 
     queued = asyncio.run(run())
@@ -154,6 +157,8 @@ def sweep_command(limit: int | None) -> None:
 )
 def health_command(fleet: bool) -> None:
     """Exit 0 only if both database URLs, the bucket and the worker here answer, within 12 s."""
+    from collage.queue import health
+
     settings = load_settings()
     checks = health.run_checks(settings, fleet=fleet)
     for check in checks:

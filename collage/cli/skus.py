@@ -6,7 +6,7 @@ import json
 
 import click
 
-from collage import controls, inspection
+from collage import db
 from collage.cli.common import (
     Fail,
     age,
@@ -16,6 +16,7 @@ from collage.cli.common import (
     load_database,
     table,
 )
+from collage.db import controls, jobs, skus
 
 
 @click.command("jobs")
@@ -25,12 +26,12 @@ from collage.cli.common import (
 def jobs_command(as_json: bool, failures: int) -> None:
     """Show the queue at a glance: counts, oldest waiting, running, failures, stalled."""
     database = load_database()
-    with inspection.connect(database.url) as conn:
+    with db.connect_dicts(database.url) as conn:
         report = {
-            "summary": inspection.summary(conn),
-            "running": inspection.running(conn),
-            "recent_failures": inspection.recent_failures(conn, limit=failures),
-            "stalled": inspection.stalled(conn),
+            "summary": jobs.summary(conn),
+            "running": jobs.running(conn),
+            "recent_failures": failures.recent_failures(conn, limit=failures),
+            "stalled": jobs.stalled(conn),
             "pauses": controls.pauses(conn),
         }
     if as_json:
@@ -68,19 +69,19 @@ def jobs_command(as_json: bool, failures: int) -> None:
 def show_command(ref: str) -> None:
     """Show one SKU: its row, its latest job and every job it had."""
     database = load_database()
-    with inspection.connect(database.url) as conn:
+    with db.connect_dicts(database.url) as conn:
         try:
-            row = inspection.find_product(conn, ref)
+            row = skus.find_product(conn, ref)
         except ValueError as exc:
             raise Fail(str(exc)) from None
         if row is None:
             raise Fail(f"no SKU {ref}")
-        jobs = inspection.history(conn, row["product_id"])
+        history = jobs.history(conn, row["product_id"])
     for key, value in row.items():
         click.echo(f"{key:>14}: {cell(value)}")
     table(
         "jobs",
-        jobs,
+        history,
         [
             "job_id",
             "status",

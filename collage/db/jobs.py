@@ -1,26 +1,15 @@
-"""What the CLI and the metrics ask of the queue: its state, what runs, one SKU's history.
+"""SQL on the queue: its state, what runs, what stalls, a SKU's jobs, the workers' heartbeats.
 
-Synchronous and one statement per call, through the transaction pool.
+Synchronous (the CLI, the console, metrics) but for pickup_delay_s (a worker middleware); one
+statement per call, through the transaction pool.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import psycopg
-from psycopg.rows import dict_row
 
-from collage import db
 from collage.constants import BUILD_TASK, QUEUE, STALLED_WORKER_S, sku_lock
-
-Row = dict[str, Any]
-
-
-def connect(dsn: str) -> psycopg.Connection[Row]:
-    """Open a connection whose rows come back as dicts, for the CLI and the console."""
-    conn = db.connect(dsn)
-    conn.row_factory = dict_row  # type: ignore[assignment]
-    return conn  # type: ignore[return-value]
+from collage.db.connect import Row
 
 
 def summary(conn: psycopg.Connection[Row], *, timeout_s: float | None = None) -> Row:
@@ -63,16 +52,6 @@ def running(conn: psycopg.Connection[Row], *, limit: int = 20) -> list[Row]:
     ).fetchall()
 
 
-def recent_failures(conn: psycopg.Connection[Row], *, limit: int = 10) -> list[Row]:
-    """The latest failed attempts with their error."""
-    return conn.execute(
-        "SELECT o.finished_at, o.product_id, p.brand, p.external_id, o.outcome, o.error_class,"
-        " o.message FROM collage_outcomes o LEFT JOIN raw_products p ON p.id = o.product_id"
-        " WHERE o.outcome IN ('error', 'retry') ORDER BY o.id DESC LIMIT %s",
-        [limit],
-    ).fetchall()
-
-
 def stalled(conn: psycopg.Connection[Row]) -> list[Row]:
     """Running jobs whose worker has stopped sending heartbeats."""
     return conn.execute(
@@ -83,19 +62,6 @@ def stalled(conn: psycopg.Connection[Row]) -> list[Row]:
         " AND (w.id IS NULL OR w.last_heartbeat < now() - %s * interval '1 second')",
         [QUEUE, STALLED_WORKER_S],
     ).fetchall()
-
-
-def find_product(conn: psycopg.Connection[Row], ref: str) -> Row | None:
-    """Find a SKU by id or by BRAND/EXTERNAL_ID."""
-    if ref.isdigit():
-        query, params = "SELECT * FROM collage_sku_jobs WHERE product_id = %s", [int(ref)]
-    elif "/" in ref:
-        brand, external_id = ref.split("/", 1)
-        query = "SELECT * FROM collage_sku_jobs WHERE brand = %s AND external_id = %s"
-        params = [brand, external_id]
-    else:
-        raise ValueError(f"{ref!r} is neither a product id nor BRAND/EXTERNAL_ID")
-    return conn.execute(query, params).fetchone()
 
 
 def history(conn: psycopg.Connection[Row], product_id: int) -> list[Row]:

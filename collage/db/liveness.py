@@ -17,11 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from procrastinate import JobContext
-from procrastinate.middleware import AsyncCallNext
 
-from collage import db
 from collage.constants import DEAD_WORKER_S, LIVENESS_LOCK_SPACE, QUEUE, STALLED_WORKER_S
+from collage.db.connect import connect_async
 
 logger = logging.getLogger(__name__)
 
@@ -73,19 +71,9 @@ class Liveness:
                 await self._conn.close()
                 self._conn = None
 
-    async def middleware(self, call_next: AsyncCallNext, context: JobContext, worker: Any) -> Any:
-        """Hold the job's lock for as long as it runs, its hand-over at shutdown included."""
-        job_id = context.job.id
-        assert job_id is not None
-        await self.hold(job_id)
-        try:
-            return await call_next()
-        finally:
-            await asyncio.shield(self.release(job_id))
-
     async def _connection(self) -> psycopg.AsyncConnection:
         if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = await db.connect_async(self._dsn)
+            self._conn = await connect_async(self._dsn)
             if self._held:
                 logger.warning(
                     "liveness connection opened again; locking the running jobs",

@@ -18,7 +18,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from collage import db
+from collage.db.connect import connect
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def project_migrations(folder: Path | None = None) -> list[Migration]:
 
 def status(dsn: str, *, folder: Path | None = None) -> Status:
     """Compare the ledger with the shipped files without changing anything."""
-    with db.connect(dsn) as conn:
+    with connect(dsn) as conn:
         applied = _applied(conn)
         has_procrastinate = _has_procrastinate(conn)
     pending = [m.name for m in _pending(applied, has_procrastinate, folder)]
@@ -115,7 +115,7 @@ def status(dsn: str, *, folder: Path | None = None) -> Status:
 def apply(dsn: str, *, folder: Path | None = None) -> list[str]:
     """Apply whatever is pending and return the names applied (empty when up to date)."""
     done: list[str] = []
-    with db.connect(dsn) as conn:
+    with connect(dsn) as conn:
         _refuse_encoding(conn)
         _take_lock(conn)
         try:

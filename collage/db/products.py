@@ -1,8 +1,7 @@
-"""SQL on raw_products: read a SKU, claim it for a result, mark it, queue it; bound parameters only.
+"""SQL on raw_products for the worker: read a SKU, claim it for a result, mark it, queue it.
 
 Every function takes an open async connection and leaves the transaction to its caller (a
-connection borrowed from the pool commits when it is returned); none relies on session state,
-so all work through PgBouncer's transaction pool.
+connection borrowed from the pool commits when it is returned).
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from collage.constants import HOURLY_RETRY_SETTING, LOCK_PREFIX, sku_lock
+from collage.constants import HOURLY_RETRY_SETTING, LOCK_PREFIX
 
 # A SKU's collage key is collages/{brand}/{external_id}.jpg: two rows with the same pair would
 # write the same object. The newer upload owns it; the other row is marked 'error' naming it.
@@ -34,10 +33,6 @@ class Product:
     generation: int  # upload_generation: one more at every write that marks the SKU 'uploaded'
     uploaded_at: datetime | None
     paused: bool = False  # its brand, or every brand, is paused (collage pause)
-
-    @property
-    def lock(self) -> str:
-        return sku_lock(self.id)
 
 
 async def fetch(conn: AsyncConnection, product_id: int) -> Product | None:

@@ -5,26 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 from PIL import Image, ImageCms
 
-from collage.decoding import FORMATS, Limits, Photo, decode, open_photo, opencv, webp_size
-from collage.encoding import Encoded, fit
 from collage.errors import CollageError, NoPhotos, TooLarge
-
-__all__ = [
-    "FORMATS",
-    "Encoded",
-    "Layout",
-    "Limits",
-    "PhotoOutOfMemory",
-    "build",
-    "build_collage",
-    "plan_layout",
-    "scale",
-    "webp_size",
-]
+from collage.imaging.decode import Limits, Photo, decode, open_photo, opencv
+from collage.imaging.encode import Encoded, JpegTarget, fit
 
 # Upscaling from 0.6x and 0.8x, BICUBIC comes within 0.4-0.7 dB of LANCZOS for 27 % less CPU;
 # BILINEAR saves a third more and loses 0.9-1.6 dB (bin/bench-imaging --filters, docs/imaging.md).
@@ -33,9 +19,6 @@ RESAMPLING = Image.Resampling.BICUBIC
 # Who scales a photo up: OpenCV's SIMD bicubic costs about a sixth of Pillow's plain C one and is
 # 0.2 dB closer to the original (docs/imaging.md). "pillow" is the path before it, for comparison.
 RESAMPLER = "opencv"
-# The lowest quality a size limit may push a collage to: below 70, 4:4:4 JPEG's blocks and
-# ringing start to show on product photos' edges and small print.
-MIN_QUALITY = 70
 # The next photo is decoded while the current one is scaled and pasted (the large benchmark SKU
 # builds in N % less time with a core free) only when the two have at most this many pixels
 # together: every accepted job then stays below the worst case one photo at a time already
@@ -63,24 +46,19 @@ def plan_layout(sizes: Sequence[tuple[int, int]]) -> Layout:
     return Layout(tuple(max(1, (2 * w * height + h) // (2 * h)) for w, h in sizes), height)
 
 
-def build_collage(photos: Sequence[bytes], **options: Any) -> bytes:
-    """Scale every photo to the tallest one and join them left to right into one sRGB JPEG.
-
-    Takes build()'s options and returns only the JPEG.
-    """
-    return build(photos, **options).jpeg
+def build_collage(photos: Sequence[bytes], *, target: JpegTarget, limits: Limits) -> bytes:
+    """Scale every photo to the tallest one and join them left to right into one sRGB JPEG."""
+    return build(photos, target=target, limits=limits).jpeg
 
 
 def build(
     photos: Sequence[bytes],
     *,
-    quality: int = 95,
-    limits: Limits | None = None,
+    target: JpegTarget,
+    limits: Limits,
     names: Sequence[str] | None = None,
     on_photo: Callable[[int, str], object] | None = None,
     on_decode: Callable[[int, bool], object] | None = None,
-    max_bytes: int | None = None,
-    min_quality: int = MIN_QUALITY,
     ahead_pixels: int = AHEAD_PIXELS,
 ) -> Encoded:
     """Build the collage; return the JPEG and the quality it was encoded at.
@@ -89,14 +67,11 @@ def build(
     `on_decode(index, done)` as its decoding starts and (from another thread) ends, so that
     whoever watches a build knows which photos it was decoding when it died. The next photo is
     decoded while the current one is scaled and pasted when the two have at most
-    `ahead_pixels` together (0: never). With
-    `max_bytes`, a JPEG larger than that is encoded again at the highest quality down to
-    `min_quality` that fits (never at a lower resolution), or TooLarge names the size reached.
+    `ahead_pixels` together (0: never). A JPEG larger than the target's `max_bytes` is encoded
+    again at the highest quality down to its floor that fits (never at a lower resolution), or
+    TooLarge names the size reached.
     """
-    check_arguments(
-        photos, quality=quality, names=names, max_bytes=max_bytes, min_quality=min_quality
-    )
-    limits = limits or Limits()
+    check_names(photos, names)
     if not photos:
         raise NoPhotos()
     labels = [
@@ -119,9 +94,7 @@ def build(
             on_decode(1, True)
     else:
         collage = _join(opened, layout, srgb, told, on_decode, ahead_pixels)
-    return fit(
-        collage, quality=quality, max_bytes=max_bytes, min_quality=min_quality, icc=srgb.tobytes()
-    )
+    return fit(collage, target, icc=srgb.tobytes())
 
 
 class PhotoOutOfMemory(MemoryError):
@@ -203,25 +176,10 @@ def _join(
     return collage
 
 
-def check_arguments(
-    photos: Sequence[bytes],
-    *,
-    quality: int,
-    names: Sequence[str] | None,
-    max_bytes: int | None = None,
-    min_quality: int = MIN_QUALITY,
-) -> None:
-    """Raise ValueError for arguments build_collage cannot take (a caller's bug)."""
-    if not 1 <= quality <= 100:
-        raise ValueError(f"JPEG quality must be between 1 and 100, not {quality!r}")
+def check_names(photos: Sequence[bytes], names: Sequence[str] | None) -> None:
+    """Raise ValueError when the names do not match the photos (a caller's bug)."""
     if names is not None and len(names) != len(photos):
         raise ValueError(f"{len(names)} names for {len(photos)} photos")
-    if max_bytes is not None and max_bytes < 1:
-        raise ValueError(f"max_bytes must be at least 1, not {max_bytes!r}")
-    if max_bytes is not None and not 1 <= min_quality <= quality:
-        raise ValueError(
-            f"min_quality must be between 1 and quality {quality}, not {min_quality!r}"
-        )
 
 
 def load_resampler() -> None:

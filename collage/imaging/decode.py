@@ -1,7 +1,7 @@
 """Open a photo as a browser would show it: refused from its headers first, then decoded.
 
 Everything here happens before or while one photo is decoded, never across photos:
-imaging.py lays them out and joins them.
+compose.py lays them out and joins them.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from types import ModuleType
 
 from PIL import ExifTags, Image, ImageCms, ImageFile
 
-from collage.avif import clean_aperture
 from collage.errors import PhotoUnreadable, TooLarge, one_line
+from collage.imaging.avif import clean_aperture
 
 # What scraped product photos come as; EPS and the rare plugins are left out on purpose (EPS
 # runs Ghostscript on the bytes).

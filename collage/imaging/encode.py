@@ -25,6 +25,31 @@ _BAND, _EVERY = 16, 8
 _SLOPE = 0.6
 
 
+@dataclass(frozen=True, kw_only=True)
+class JpegTarget:
+    """How a collage is encoded: its quality, and the size in bytes it must fit, if any."""
+
+    quality: int
+    max_bytes: int | None = None  # None: any size
+    min_quality: int | None = None  # how low max_bytes may push the quality; None: not at all
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"JPEG quality must be between 1 and 100, not {self.quality!r}")
+        if self.max_bytes is not None and self.max_bytes < 1:
+            raise ValueError(f"max_bytes must be at least 1, not {self.max_bytes!r}")
+        if self.min_quality is not None and not 1 <= self.min_quality <= self.quality:
+            raise ValueError(
+                f"min_quality must be between 1 and quality {self.quality}, not"
+                f" {self.min_quality!r}"
+            )
+
+    @property
+    def floor(self) -> int:
+        """The lowest quality a size limit may push the collage to."""
+        return self.quality if self.min_quality is None else self.min_quality
+
+
 @dataclass(frozen=True)
 class Encoded:
     """A JPEG and the quality it was encoded at."""
@@ -43,13 +68,12 @@ def encode(image: Image.Image, *, quality: int, icc: bytes) -> bytes:
     return out.getvalue()
 
 
-def fit(
-    image: Image.Image, *, quality: int, max_bytes: int | None, min_quality: int, icc: bytes
-) -> Encoded:
-    """Encode at `quality`, or at the highest quality down to `min_quality` under max_bytes.
+def fit(image: Image.Image, target: JpegTarget, *, icc: bytes) -> Encoded:
+    """Encode at the target's quality, or at the highest down to its floor that fits.
 
-    Raise TooLarge, naming the size reached, when even `min_quality` is too large.
+    Raise TooLarge, naming the size reached, when even the floor is too large.
     """
+    quality, max_bytes, min_quality = target.quality, target.max_bytes, target.floor
     first = encode(image, quality=quality, icc=icc)
     if max_bytes is None or len(first) <= max_bytes:
         return Encoded(first, quality)
@@ -70,7 +94,7 @@ def fit(
         # Scaled to the full encode nearest the answer from below, or the lowest too large.
         anchor = fits.quality if fits else over
         ratio = sizes[anchor] / probe(anchor)
-        guess = _highest_fitting(lambda q, r=ratio: r * probe(q), low, over, max_bytes)
+        guess = _highest_fitting(_scaled(probe, ratio), low, over, max_bytes)
         if guess is None:  # the sample says nothing above `low` fits
             if fits is not None:
                 break
@@ -88,6 +112,10 @@ def fit(
             " bytes are allowed"
         )
     return fits
+
+
+def _scaled(probe: Callable[[int], int], ratio: float) -> Callable[[int], float]:
+    return lambda quality: ratio * probe(quality)
 
 
 def _highest_fitting(

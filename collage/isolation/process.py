@@ -1,61 +1,70 @@
-"""One build child process seen from the worker: its pipes, its job, and what its death means.
+"""The worker's handle on one build child: its pipes, its build, and what its death means.
 
-The child (build_child.py) tells which photos it starts and finishes decoding; when it dies,
+The child (isolation/child.py) tells which photos it starts and finishes decoding; when it dies,
 the photo it was decoding is the one named, with what the child had spent.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, NoReturn
 
-from collage.build_child import HEADER, MIB, read_exact, write_frame
+from collage import errors
 from collage.errors import CollageError, OverBudget, PhotoUnreadable, Transient
-from collage.imaging import Limits
+from collage.isolation.protocol import (
+    MIB,
+    Bug,
+    BuildRequest,
+    Built,
+    Decoded,
+    Decoding,
+    Failed,
+    Frame,
+    OutOfMemory,
+    PhotoStarted,
+    Ready,
+    read_frame,
+    write_frame,
+)
+from collage.settings import DEFAULT_BUILD_CPU_S, DEFAULT_BUILD_MEMORY_MB
+
+OnPhoto = Callable[[int, str], object]
+STARTUP_S = 60.0  # imports on a loaded machine; a child that takes longer is broken
 
 # Signals a decoder raises on itself when its input breaks it (SIGKILL is another story).
 _CRASHES = {signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL, signal.SIGFPE}
 
 
-@dataclass(frozen=True)
-class Collage:
-    """A collage built in a child process, with what it cost there."""
-
-    jpeg: bytes
-    cpu_s: float
-    peak_rss: int  # bytes: the child's peak resident memory during this job
-    quality: int = 95  # the JPEG quality used: lower than asked only to fit max_bytes
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Budget:
     """What one build may use; past it the child is stopped and the SKU gets 'error'."""
 
-    # The slowest real collage at the limits (150 MP canvas, 64 MP photos, ICC conversions)
-    # costs about 6 s of CPU here: 30 s stops a decoding bomb long before a worker notices.
-    cpu_s: float = 30.0
-    # Address space a job may add to a child's own (imports, about 280 MiB). The worst accepted
-    # job at the limits, a 64 MP lossless WebP on a 150 MP canvas, peaks at 1.6 GiB RSS
-    # (docs/imaging.md: Pillow's WebP decoder holds 3 copies of the photo): two fit in 4 GB.
-    memory_bytes: int = 1792 * MIB
-    # Wall clock per job, for a child that hangs without spending CPU; generous under load.
+    cpu_s: float  # COLLAGE_CPU_LIMIT_S
+    memory_bytes: int  # COLLAGE_MEMORY_LIMIT_MB: what a build may add to the child's imports
+    # Wall clock per build, for a child that hangs without spending CPU; generous under load.
     wall_s: float = 120.0
+
+    @classmethod
+    def of(
+        cls, *, cpu_s: int = DEFAULT_BUILD_CPU_S, memory_mb: int = DEFAULT_BUILD_MEMORY_MB
+    ) -> Budget:
+        """A budget in the settings' units (the defaults are the settings' own)."""
+        return cls(cpu_s=float(cpu_s), memory_bytes=memory_mb * MIB)
 
 
 class TwoDecoding(Exception):
     """The child crashed while decoding two photos at once: which one did it is unknown."""
 
 
-class BuildProcess:
-    """One child process and the pipes to it."""
+class ChildProcess:
+    """One build child and the pipes to it."""
 
     def __init__(self, process: subprocess.Popen[bytes], stderr: IO[bytes], budget: Budget):
         self.process, self.stderr, self.budget = process, stderr, budget
@@ -65,7 +74,8 @@ class BuildProcess:
         self.decoding: dict[int, str] = {}  # photos started and not decoded yet, by index
 
     @classmethod
-    def start(cls, budget: Budget) -> BuildProcess:
+    def start(cls, budget: Budget) -> ChildProcess:
+        """Start a child; it imports what it needs while the worker goes on."""
         env = {
             **os.environ,
             # One job, one core: numpy's OpenBLAS and OpenCV would start a thread per core.
@@ -84,7 +94,7 @@ class BuildProcess:
         # worker's log stream, and at hand for a crash report.
         stderr = tempfile.TemporaryFile(prefix="collage-child-")  # noqa: SIM115 - the child's
         process = subprocess.Popen(
-            [sys.executable, "-m", "collage.build_child"],
+            [sys.executable, "-m", "collage.isolation.child"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=stderr,
@@ -94,49 +104,45 @@ class BuildProcess:
         return cls(process, stderr, budget)
 
     def alive(self) -> bool:
+        """Whether the child still runs."""
         return self.process.poll() is None
 
-    def run(
-        self,
-        photos: Sequence[bytes],
-        *,
-        options: dict[str, Any],
-        limits: Limits,
-        on_photo: Callable[[int, str], object] | None = None,
-    ) -> Collage:
-        """Build one collage with imaging.build's `options`; raise what the child's end means."""
+    def run(self, request: BuildRequest, *, on_photo: OnPhoto | None = None) -> Built:
+        """Build one collage; raise what the child's answer, or its end, means."""
         deadline = time.monotonic() + self.budget.wall_s
         if not self.ready:
-            self._expect("ready", time.monotonic() + 60)
+            if not isinstance(self._read(time.monotonic() + STARTUP_S), Ready):
+                raise RuntimeError("the collage child did not start as expected")
             self.ready = True
         self.jobs += 1
         self.told, self.decoding = None, {}
-        job = {"photos": list(photos), "limits": limits, **options}
+        assert self.process.stdin is not None
         try:
-            write_frame(self.process.stdin, job)
-        except (BrokenPipeError, OSError):
-            self._died(deadline)
+            write_frame(self.process.stdin, request)
+        except OSError:  # BrokenPipeError: it died before reading the request
+            self._died()
         while True:
             frame = self._read(deadline)
-            kind = frame[0]
-            if kind == "photo":
-                self.told = frame[1]
+            if isinstance(frame, Built):
+                return frame
+            self._follow(frame, on_photo)
+
+    def _follow(self, frame: Frame, on_photo: OnPhoto | None) -> None:
+        """Keep track of the photos in hand; raise what a final frame other than Built means."""
+        match frame:
+            case PhotoStarted(index, label):
+                self.told = (index, label)
                 if on_photo is not None:
-                    on_photo(*frame[1])
-            elif kind == "decoding" and self.told is not None:
-                self.decoding[frame[1]] = self.told[1]
-            elif kind == "decoded":
-                self.decoding.pop(frame[1], None)
-            elif kind == "built":
-                _, jpeg, quality, cpu_s, peak = frame
-                return Collage(jpeg=jpeg, cpu_s=cpu_s, peak_rss=peak, quality=quality)
-            elif kind == "failed":
-                _, error_class, message = frame
+                    on_photo(index, label)
+            case Decoding(index) if self.told is not None:
+                self.decoding[index] = self.told[1]
+            case Decoded(index):
+                self.decoding.pop(index, None)
+            case Failed(error_class, message):
                 raise _error_class(error_class)(message)
-            elif kind == "bug":
-                raise RuntimeError(frame[1])
-            elif kind == "memory":
-                _, label, cpu_s, peak = frame
+            case Bug(message):
+                raise RuntimeError(message)
+            case OutOfMemory(label, cpu_s, peak):
                 raise OverBudget(
                     f"{label or 'the collage'} needs more than {self.budget.memory_bytes // MIB:,}"
                     f" MiB to build, the limit per collage ({cpu_s:.1f} s CPU, "
@@ -151,30 +157,21 @@ class BuildProcess:
             return self.told[1], "decoding"
         return "the collage", "building"
 
-    def _expect(self, kind: str, deadline: float) -> None:
-        frame = self._read(deadline)
-        if frame[0] != kind:
-            raise RuntimeError(f"collage child said {frame[0]!r}, not {kind!r}")
-
-    def _read(self, deadline: float) -> tuple[Any, ...]:
-        stdout = self.process.stdout
-        assert stdout is not None
+    def _read(self, deadline: float) -> Frame:
+        assert self.process.stdout is not None
         try:
-            header = read_exact(stdout, HEADER.size, deadline)
-            if header is None:
-                self._died(deadline)
-            body = read_exact(stdout, HEADER.unpack(header)[0], deadline)
-            if body is None:
-                self._died(deadline)
+            frame = read_frame(self.process.stdout, deadline)
         except TimeoutError:
             self.kill()
             raise OverBudget(
                 f"{self._where()[0]} took over {self.budget.wall_s:.0f} s to build, the limit per"
                 " collage; it was stopped"
             ) from None
-        return pickle.loads(body)  # noqa: S301 - written by this module's own child
+        if frame is None:
+            self._died()
+        return frame
 
-    def _died(self, deadline: float) -> None:
+    def _died(self) -> NoReturn:
         """Raise the error a child's death means, with what it had spent."""
         try:
             _, status, usage = os.wait4(self.process.pid, 0)
@@ -231,8 +228,6 @@ class BuildProcess:
 
 def _error_class(name: str) -> type[CollageError]:
     """Return the CollageError subclass of that name."""
-    from collage import errors
-
     found = getattr(errors, name, None)
     if isinstance(found, type) and issubclass(found, CollageError):
         return found

@@ -7,7 +7,6 @@ their own settings with `bind`.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, Callable
@@ -16,8 +15,9 @@ from typing import Any
 import procrastinate
 import psycopg
 
-from collage import db
+from collage.backoff import Backoff
 from collage.constants import GRACEFUL_TIMEOUT_S, HEARTBEAT_EVERY_S, QUEUE, STALLED_WORKER_S
+from collage.db import connect_async, pool_options
 from collage.errors import one_line
 from collage.settings import Settings, from_environment
 
@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 # A job held back by its SKU's lock starts at the next poll, not on a notification.
 POLLING_INTERVAL_S = 1.0
-LISTEN_RECONNECT_MAX_S = 5.0
+LISTEN_BACKOFF = Backoff(first_s=0.1, max_s=5.0)  # through an outage, for as long as it lasts
 
 
 class SplitConnector(procrastinate.PsycopgConnector):
@@ -44,18 +44,17 @@ class SplitConnector(procrastinate.PsycopgConnector):
 
     @contextlib.asynccontextmanager
     async def _get_standalone_connection(self) -> AsyncGenerator[psycopg.AsyncConnection]:
-        delay = 0.1
-        while True:
-            try:
-                connection = await db.connect_async(self._listen_conninfo())
-                break
-            except psycopg.OperationalError as exc:
-                logger.warning(
-                    "listen connection failed; retrying",
-                    extra={"action": "listen", "error": one_line(exc), "retry_in_s": delay},
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, LISTEN_RECONNECT_MAX_S)
+        def on_retry(exc: BaseException, delay: float) -> None:
+            logger.warning(
+                "listen connection failed; retrying",
+                extra={"action": "listen", "error": one_line(exc), "retry_in_s": delay},
+            )
+
+        connection = await LISTEN_BACKOFF.call(
+            lambda: connect_async(self._listen_conninfo()),
+            on=psycopg.OperationalError,
+            on_retry=on_retry,
+        )
         async with connection:
             logger.info("listening for new jobs", extra={"action": "listen"})
             yield connection
@@ -69,7 +68,7 @@ def make_connector(settings_source: Callable[[], Settings], *, pool_max: int = 8
 
     return SplitConnector(
         listen_conninfo=lambda: settings_source().db_session_url,
-        **db.pool_options(conninfo),
+        **pool_options(conninfo),
         min_size=1,
         max_size=pool_max,
         # Fail a query after 10 s without a connection rather than the default 30 s: a job's own
@@ -87,10 +86,10 @@ def bind(settings: Settings) -> contextlib.AbstractContextManager[procrastinate.
     )
 
 
-# For `procrastinate --app=collage.app.app ...` too; nothing connects until it is opened.
+# For `procrastinate --app=collage.queue.app.app ...` too; nothing connects until it is opened.
 app = procrastinate.App(
     connector=make_connector(from_environment),
-    import_paths=["collage.tasks", "collage.maintenance"],
+    import_paths=["collage.queue.build", "collage.queue.periodic"],
     worker_defaults={
         "queues": [QUEUE],
         "fetch_job_polling_interval": POLLING_INTERVAL_S,

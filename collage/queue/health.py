@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from collage import db, inspection
 from collage.constants import HEARTBEAT_MAX_AGE_S
+from collage.db import connect, connect_dicts, jobs, ping
 from collage.errors import one_line
 from collage.settings import Settings, redact
 from collage.storage import Bucket
@@ -93,7 +93,8 @@ def _beat_path(folder: Path, pid: int) -> Path:
 
 def _beat(folder: Path) -> str:
     """Check the workers of this host; raise unless one runs and each that runs is fresh."""
-    fresh, stale = [], []
+    fresh: list[str] = []
+    stale: list[str] = []
     for path in sorted(folder.glob("worker-*.beat")):
         try:
             beat = json.loads(path.read_text())
@@ -122,8 +123,8 @@ def _running(pid: int) -> bool:
 
 
 def _database(dsn: str) -> str:
-    with db.connect(dsn) as conn:
-        conn.execute("SELECT 1")
+    with connect(dsn) as conn:
+        ping(conn)
     return redact(dsn)
 
 
@@ -133,8 +134,8 @@ def _bucket(settings: Settings) -> str:
 
 
 def _heartbeat(dsn: str) -> str:
-    with inspection.connect(dsn) as conn:
-        age = inspection.heartbeat_age_s(conn)
+    with connect_dicts(dsn) as conn:
+        age = jobs.heartbeat_age_s(conn)
     if age is None:
         raise RuntimeError("no worker has registered")
     if age > HEARTBEAT_MAX_AGE_S:

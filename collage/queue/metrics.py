@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from collage import inspection
+from collage.db import connect_dicts, jobs
 from collage.errors import error_classes
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,9 @@ async def pickup_middleware(call_next: AsyncCallNext, context: JobContext, worke
     """Observe how long each job waited after it was due, then run it."""
     try:
         async with context.app.connector.pool.connection() as conn:  # type: ignore[attr-defined]
-            waited = await inspection.pickup_delay_s(conn, context.job.id)
+            job_id = context.job.id
+            assert job_id is not None
+            waited = await jobs.pickup_delay_s(conn, job_id)
         if waited is not None:
             PICKUP_SECONDS.labels(context.job.task_name).observe(max(waited, 0.0))
     except psycopg.Error:
@@ -87,8 +89,8 @@ class QueueCollector(Collector):
         )
         up = GaugeMetricFamily("collage_queue_up", "1 if the queue could be read.")
         try:
-            with inspection.connect(self.dsn) as conn:
-                row = inspection.summary(conn, timeout_s=SCRAPE_TIMEOUT_S)
+            with connect_dicts(self.dsn) as conn:
+                row = jobs.summary(conn, timeout_s=SCRAPE_TIMEOUT_S)
         except psycopg.Error:
             up.add_metric([], 0)
             yield up

@@ -14,8 +14,6 @@ from typing import Any
 from procrastinate import JobContext
 from psycopg import AsyncConnection
 
-from collage import outcomes, products, progress, rescue
-from collage.app import app
 from collage.constants import (
     CLEANUP_TASK,
     MAINTENANCE_PRIORITY,
@@ -24,7 +22,10 @@ from collage.constants import (
     RETRY_ERRORS_TASK,
     SWEEP_TASK,
 )
-from collage.runtime import connection, runtime_of
+from collage.db import outcomes, products, progress
+from collage.queue import rescue
+from collage.queue.app import app
+from collage.queue.resources import connection, resources_of
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +38,10 @@ SCRATCH_MAX_AGE_S = 24 * 3600
 
 
 def _maintenance(name: str) -> dict[str, Any]:
-    """Options of a periodic task: ahead of builds, and one waiting at most (a tick that finds
-    the previous one still waiting is dropped)."""
+    """Options of a periodic task: ahead of builds, and one waiting at most.
+
+    A tick that finds the previous one still waiting is dropped.
+    """
     return {
         "name": name,
         "queue": QUEUE,
@@ -52,9 +55,9 @@ def _maintenance(name: str) -> dict[str, Any]:
 @app.task(**_maintenance(SWEEP_TASK))
 async def sweep(context: JobContext, timestamp: int | None = None) -> list[int]:
     """Queue 'uploaded' SKUs that have no job, and log the batch to scraper_logs."""
-    runtime = runtime_of(context)
+    resources = resources_of(context)
     async with connection(context) as conn:
-        return await run_sweep(conn, limit=runtime.settings.batch_size)
+        return await run_sweep(conn, limit=resources.settings.batch_size)
 
 
 async def run_sweep(conn: AsyncConnection, *, limit: int) -> list[int]:
@@ -94,8 +97,8 @@ async def rescue_stalled(context: JobContext, timestamp: int | None = None) -> l
 @app.task(**_maintenance(CLEANUP_TASK))
 async def cleanup(context: JobContext, timestamp: int | None = None) -> int:
     """Delete day-old scratch files and prune finished jobs and outcomes past retention."""
-    runtime = runtime_of(context)
-    removed = await runtime.run(remove_old_files, runtime.settings.temp_dir)
+    resources = resources_of(context)
+    removed = await resources.run(remove_old_files, resources.settings.temp_dir)
     await context.app.job_manager.delete_old_jobs(
         nb_hours=RETENTION_HOURS, include_failed=True, include_cancelled=True, include_aborted=True
     )

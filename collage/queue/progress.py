@@ -1,4 +1,4 @@
-"""SQL on collage_progress: how far a SKU's build got, and how often its worker died there.
+"""A build's progress, written as it goes: where it was, should its worker die (db.progress).
 
 A worker that dies takes its memory with it: what it was doing must already be in the
 database for the rescue to say, and to stop rescuing a SKU that kills every worker.
@@ -14,6 +14,8 @@ from collections.abc import Callable
 import psycopg
 from psycopg import AsyncConnection
 
+from collage.db import progress
+
 logger = logging.getLogger(__name__)
 
 # The first step of a build is written before the build goes on (the rescue can then always say
@@ -24,52 +26,6 @@ FIRST_STEP_WAIT_S = 2.0  # a database slower than this costs the rescue's messag
 CLOSE_WAIT_S = 5.0  # a step's write is one short statement: longer means the database is away
 
 
-async def note(conn: AsyncConnection, product_id: int, generation: int, step: str) -> None:
-    """Record the step a build is at; a new upload starts its count of deaths afresh."""
-    await conn.execute(
-        """
-        INSERT INTO collage_progress AS p (product_id, generation, step) VALUES (%s, %s, %s)
-        ON CONFLICT (product_id) DO UPDATE
-           SET deaths = CASE WHEN p.generation = EXCLUDED.generation THEN p.deaths ELSE 0 END,
-               generation = EXCLUDED.generation, step = EXCLUDED.step, updated_at = now()
-        """,
-        [product_id, generation, step],
-    )
-
-
-async def count_death(conn: AsyncConnection, product_id: int, generation: int) -> tuple[int, str]:
-    """Count one more worker death during this upload's build; return the count and the step."""
-    cur = await conn.execute(
-        """
-        INSERT INTO collage_progress AS p (product_id, generation, step, deaths)
-        VALUES (%s, %s, 'before its first step', 1)
-        ON CONFLICT (product_id) DO UPDATE
-           SET deaths = CASE WHEN p.generation = EXCLUDED.generation THEN p.deaths + 1 ELSE 1 END,
-               step = CASE WHEN p.generation = EXCLUDED.generation THEN p.step
-                           ELSE EXCLUDED.step END,
-               generation = EXCLUDED.generation, updated_at = now()
-        RETURNING deaths, step
-        """,
-        [product_id, generation],
-    )
-    row = await cur.fetchone()
-    assert row is not None
-    return int(row[0]), str(row[1])
-
-
-async def forget(conn: AsyncConnection, product_id: int) -> None:
-    """The build's result is recorded: its progress and deaths are history."""
-    await conn.execute("DELETE FROM collage_progress WHERE product_id = %s", [product_id])
-
-
-async def prune(conn: AsyncConnection, *, older_than_hours: int) -> None:
-    """Forget the progress of builds abandoned long ago (their SKUs were settled otherwise)."""
-    await conn.execute(
-        "DELETE FROM collage_progress WHERE updated_at < now() - %s * interval '1 hour'",
-        [older_than_hours],
-    )
-
-
 Connect = Callable[[], contextlib.AbstractAsyncContextManager[AsyncConnection]]
 
 
@@ -78,7 +34,7 @@ class Reporter:
 
     A build of a second writes one row; a slow one, a row a step.
 
-    `say` may be called from any thread (the builder reports photos from its own); steps that
+    `say` may be called from any thread (the build pool reports photos from its own); steps that
     come faster than the database takes them are coalesced. Losing a step costs only precision
     in a rescue's message, so a failed write is logged and the build goes on.
     """
@@ -145,7 +101,7 @@ class Reporter:
 
     async def _write(self, step: str) -> None:
         async with self._connect() as conn:
-            await note(conn, self._product_id, self._generation, step)
+            await progress.note(conn, self._product_id, self._generation, step)
 
 
 def _not_written(exc: BaseException) -> None:

@@ -2,8 +2,8 @@
 
 Every worker runs this every few seconds (worker.py), and the periodic `collage.rescue` task
 every minute as a net for workers started without it. A job is dead by the rule in
-liveness.dead_jobs; two rescuers racing for one job are told apart by Procrastinate, which
-lets only one of them finish it.
+db.liveness.dead_jobs; two rescuers racing for one job are told apart by Procrastinate, which
+lets only one of them finish it. What becomes of the SKU is settle.after_death's to decide.
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ from dataclasses import dataclass
 import procrastinate
 from procrastinate.exceptions import ConnectorException
 from procrastinate.jobs import Status
-from psycopg import AsyncConnection
 
-from collage import liveness, outcomes, products, progress
-from collage.constants import BUILD_TASK, MAX_WORKER_DEATHS, STALLED_WORKER_S
-from collage.errors import WorkerDied
+from collage.constants import BUILD_TASK, STALLED_WORKER_S
+from collage.db import liveness
+from collage.queue import settle
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +48,16 @@ async def rescue(app: procrastinate.App) -> Rescued:
         if job.task_name != BUILD_TASK:
             continue  # a maintenance job: its next tick does the work
         product_id = int(job.args["product_id"])
-        async with pool.connection() as conn, conn.transaction():
-            ended = await _after_death(conn, job.id, product_id, job.args.get("generation"))
-        (done.ended if ended else done.requeued).append(product_id)
+        async with pool.connection() as conn:
+            ended = await settle.after_death(
+                conn, job_id=job.id, product_id=product_id, generation=job.args.get("generation")
+            )
+        if ended is None:
+            done.requeued.append(product_id)
+            continue
+        done.ended.append(product_id)
+        outcome, product = ended
+        settle.report(outcome, product, attempt=int(job.args.get("attempt") or 0), made=None)
     await app.job_manager.prune_stalled_workers(seconds_since_heartbeat=STALLED_WORKER_S * 10)
     if done.failed_jobs:
         logger.warning(
@@ -64,30 +70,3 @@ async def rescue(app: procrastinate.App) -> Rescued:
             },
         )
     return done
-
-
-async def _after_death(
-    conn: AsyncConnection, job_id: int, product_id: int, generation: int | None
-) -> bool:
-    """Queue the SKU again, or end it after MAX_WORKER_DEATHS; True when it was ended."""
-    product = await products.fetch(conn, product_id)
-    if product is None or (generation is not None and product.generation != generation):
-        await products.enqueue(conn, product_id)  # a newer upload: its own job builds it
-        return False
-    deaths, step = await progress.count_death(conn, product_id, product.generation)
-    if deaths < MAX_WORKER_DEATHS or not await products.claim(conn, product):
-        await products.enqueue(conn, product_id, generation=product.generation)
-        return False
-    died = WorkerDied(f"the worker died {deaths} times while building this SKU; last seen {step}")
-    await products.mark_error(conn, product, message=died.message)
-    await outcomes.record(
-        conn,
-        outcomes.Outcome(
-            product_id=product_id,
-            job_id=job_id,
-            outcome="error",
-            error_class=type(died).__name__,
-            message=died.message,
-        ),
-    )
-    return True

@@ -1,6 +1,6 @@
-"""What every job runs with: settings, the bucket, threads to block in, database connections.
+"""What every job runs with: settings, the bucket, the build pool, threads, database steps.
 
-Kept apart from the jobs themselves (tasks.py, maintenance.py) and from the process that runs
+Kept apart from the jobs themselves (build.py, periodic.py) and from the process that runs
 them (worker.py), as Procrastinate keeps its job context apart.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
@@ -20,39 +19,48 @@ import psycopg
 from procrastinate import JobContext
 from psycopg import AsyncConnection
 
-from collage.builder import MIB, Budget, Builder
+from collage.backoff import Backoff
 from collage.errors import one_line
+from collage.imaging import JpegTarget
+from collage.isolation.pool import BuildPool
+from collage.isolation.process import Budget
 from collage.settings import Settings, from_environment
 from collage.storage import Bucket
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-DB_RETRY_FOR_S = 60.0  # how long a job keeps retrying a database step after a dropped connection
+# A database step after a dropped connection or a restart: retried for a minute at most.
+DB_BACKOFF = Backoff(first_s=0.1, max_s=5.0, for_s=60.0)
 
 
 @dataclass(frozen=True)
-class Runtime:
+class Resources:
     """What a job needs besides the database: the settings, the bucket, and threads to block in.
 
-    Blocking work (S3 calls, Pillow) runs on this executor rather than asyncio's default one,
-    so that a worker shutting down does not have to wait for an abandoned S3 call.
+    Blocking work (S3 calls) runs on this executor rather than asyncio's default one, so that a
+    worker shutting down does not have to wait for an abandoned S3 call.
     """
 
     settings: Settings
     bucket: Bucket
-    builder: Builder | None = None  # None: collages are not built here (tests of the rest)
+    pool: BuildPool | None = None  # None: collages are not built here (tests of the rest)
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(thread_name_prefix="collage")
     )
     handovers: set[asyncio.Task[None]] = field(default_factory=set)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Runtime:
-        """Build the bucket client and the collage builder's processes for these settings."""
+    def from_settings(cls, settings: Settings) -> Resources:
+        """Build the bucket client and the build pool's processes for these settings."""
         return cls(
-            settings=settings, bucket=Bucket.from_settings(settings), builder=builder_for(settings)
+            settings=settings, bucket=Bucket.from_settings(settings), pool=pool_for(settings)
         )
+
+    @property
+    def target(self) -> JpegTarget:
+        """How collages are encoded (COLLAGE_QUALITY, COLLAGE_MAX_BYTES, COLLAGE_MIN_QUALITY)."""
+        return jpeg_target(self.settings)
 
     async def run(self, func: Callable[..., T], /, *args: object, **kwargs: object) -> T:
         """Run a blocking call on the executor."""
@@ -72,30 +80,40 @@ class Runtime:
             await asyncio.wait(set(self.handovers), timeout=timeout_s)
 
     def close(self) -> None:
-        """Stop the builder's processes; let go of the threads without waiting for them.
+        """Stop the build pool's processes; let go of the threads without waiting for them.
 
         An S3 call abandoned at shutdown may hang on in a thread: its job is queued again.
         """
-        if self.builder is not None:
-            self.builder.close()
+        if self.pool is not None:
+            self.pool.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
-def builder_for(settings: Settings, *, processes: int | None = None) -> Builder:
+def jpeg_target(settings: Settings) -> JpegTarget:
+    """The encoding the settings ask for; the quality floor matters only with a size limit."""
+    limited = settings.collage_max_bytes is not None
+    return JpegTarget(
+        quality=settings.collage_quality,
+        max_bytes=settings.collage_max_bytes,
+        min_quality=settings.collage_min_quality if limited else None,
+    )
+
+
+def pool_for(settings: Settings, *, processes: int | None = None) -> BuildPool:
     """Child processes for collages, one per job at once, bounded as the settings say."""
-    budget = Budget(cpu_s=settings.build_cpu_s, memory_bytes=settings.build_memory_mb * MIB)
-    return Builder(budget=budget, processes=processes or settings.worker_concurrency)
+    budget = Budget.of(cpu_s=settings.build_cpu_s, memory_mb=settings.build_memory_mb)
+    return BuildPool(budget=budget, processes=processes or settings.worker_concurrency)
 
 
-def runtime_of(context: JobContext) -> Runtime:
-    """Use the Runtime `collage worker` passed in, or build one from the environment once."""
-    given = (context.additional_context or {}).get("runtime")
-    return given if isinstance(given, Runtime) else _environment_runtime()
+def resources_of(context: JobContext) -> Resources:
+    """Use the Resources `collage worker` passed in, or build them from the environment once."""
+    given = (context.additional_context or {}).get("resources")
+    return given if isinstance(given, Resources) else _environment_resources()
 
 
 @functools.cache
-def _environment_runtime() -> Runtime:
-    return Runtime.from_settings(from_environment())
+def _environment_resources() -> Resources:
+    return Resources.from_settings(from_environment())
 
 
 def connection(context: JobContext) -> AbstractAsyncContextManager[AsyncConnection]:
@@ -103,32 +121,25 @@ def connection(context: JobContext) -> AbstractAsyncContextManager[AsyncConnecti
     return context.app.connector.pool.connection()  # type: ignore[attr-defined, no-any-return]
 
 
-async def retry_db(step_call: Callable[[], Awaitable[T]], *, product_id: int, step: str) -> T:
+async def retry_db(step: Callable[[], Awaitable[T]], *, product_id: int, what: str) -> T:
     """Run a database step again after a dropped connection or a restart, for a minute at most.
 
     Without this, a connection killed under a build would fail the job and leave its SKU
-    'uploaded' with no job until the next sweep.
+    'uploaded' with no job until the next sweep. A dropped connection (PoolTimeout and
+    AdminShutdown included) or a deadlock with a downloader's bulk UPDATE (TransactionRollback)
+    rolled the step's transaction back whole, so running it again is safe.
     """
-    deadline = time.monotonic() + DB_RETRY_FOR_S
-    delay = 0.1
-    while True:
-        try:
-            return await step_call()
-        # A dropped connection (PoolTimeout and AdminShutdown included), or a deadlock with a
-        # downloader's bulk UPDATE (TransactionRollback is one too): the step's transaction was
-        # rolled back whole, so running it again is safe.
-        except psycopg.OperationalError as exc:
-            if time.monotonic() + delay > deadline:
-                raise
-            logger.warning(
-                "database step failed; retrying",
-                extra={
-                    "action": "build_collage",
-                    "product_id": product_id,
-                    "step": step,
-                    "error": one_line(exc),
-                    "retry_in_s": delay,
-                },
-            )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+
+    def on_retry(exc: BaseException, delay: float) -> None:
+        logger.warning(
+            "database step failed; retrying",
+            extra={
+                "action": "build_collage",
+                "product_id": product_id,
+                "step": what,
+                "error": one_line(exc),
+                "retry_in_s": delay,
+            },
+        )
+
+    return await DB_BACKOFF.call(step, on=psycopg.OperationalError, on_retry=on_retry)

@@ -4,8 +4,8 @@ Procrastinate's worker stops when the database goes away (a side task fails and 
 returns). This supervisor starts it again with backoff, so a deployment needs no restart loop
 of its own; it gives up (exit code 1) only after failing for `give_up_after_s` in a row.
 
-Beside it run: the liveness locks of its jobs (liveness.py), the rescue of dead workers' jobs
-every RESCUE_EVERY_S (rescue.py), and the beat `collage health` reads in this container.
+Beside it run: the liveness locks of its jobs (db/liveness.py), the rescue of dead workers'
+jobs every RESCUE_EVERY_S (rescue.py), and the beat `collage health` reads in this container.
 """
 
 from __future__ import annotations
@@ -18,30 +18,44 @@ from collections.abc import Sequence
 from time import monotonic
 from typing import Any
 
-from procrastinate.middleware import WorkerMiddleware
+from procrastinate import JobContext
+from procrastinate.middleware import AsyncCallNext, WorkerMiddleware
 
-from collage import health, rescue
-from collage.app import bind
+from collage.backoff import Backoff
 from collage.constants import (
     GRACEFUL_TIMEOUT_S,
-    HANDOVER_S,
     HEARTBEAT_EVERY_S,
     QUEUE,
     RESCUE_EVERY_S,
     SHUTDOWN_SLACK_S,
     STALLED_WORKER_S,
+    drain_s,
 )
-from collage.liveness import Liveness
-from collage.runtime import Runtime
+from collage.db.liveness import Liveness
+from collage.queue import health, rescue
+from collage.queue.app import bind
+from collage.queue.resources import Resources
 from collage.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_GAVE_UP = 1
-RESTART_DELAY_MIN_S = 0.2
-RESTART_DELAY_MAX_S = 10.0
-HEALTHY_RUN_S = 60.0  # a run at least this long resets the give-up clock
+RESTART_FIRST_S = 0.2
+RESTART_MAX_S = 10.0
+HEALTHY_RUN_S = 60.0  # a run at least this long ends an outage: the next failure starts afresh
+
+
+class Failing(Exception):
+    """Procrastinate's worker stopped on its own soon after it started; the message says why."""
+
+
+class RanWell(Exception):
+    """Procrastinate's worker stopped on its own after a good while: a fresh outage begins."""
+
+
+class GaveUp(Exception):
+    """Procrastinate's worker kept stopping for `give_up_after_s`."""
 
 
 async def supervise(
@@ -58,15 +72,17 @@ async def supervise(
     stop = stop or _stop_on_signals()
     if concurrency:  # the connection pool is sized from the settings
         settings = settings.replace(worker_concurrency=concurrency)
-    runtime = Runtime.from_settings(settings)
+    resources = Resources.from_settings(settings)
     liveness = Liveness(settings.db_session_url)
-    delay = RESTART_DELAY_MIN_S
-    failing_since: float | None = None
-    while not stop.is_set():
+    failing_since = monotonic()
+
+    async def run() -> None:
+        if stop.is_set():
+            return
         started = monotonic()
         error = await _run_once(
             settings,
-            runtime=runtime,
+            resources=resources,
             liveness=liveness,
             stop=stop,
             graceful_timeout_s=graceful_timeout_s,
@@ -74,43 +90,59 @@ async def supervise(
             worker_options=worker_options or {},
         )
         if stop.is_set():
-            break
+            return
         now = monotonic()
-        if now - started > HEALTHY_RUN_S:  # it ran a good while: this is a fresh outage
-            failing_since, delay = None, RESTART_DELAY_MIN_S
-        if failing_since is None:
-            failing_since = now
+        if now - started > HEALTHY_RUN_S:
+            raise RanWell(error)
         if now - failing_since > give_up_after_s:
+            raise GaveUp(error)
+        raise Failing(error)
+
+    async def until_stopped(delay_s: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=delay_s)
+
+    code = EXIT_OK
+    while not stop.is_set():
+        # Each outage gets the shortest delays first, and its own give-up clock.
+        failing_since = monotonic()
+        restarts = Backoff(first_s=RESTART_FIRST_S, max_s=RESTART_MAX_S)
+        try:
+            await restarts.call(run, on=Failing, on_retry=_restarting, sleep=until_stopped)
+        except RanWell as exc:
+            _restarting(exc, 0.0)
+        except GaveUp as exc:
             logger.error(
                 "worker keeps failing; giving up",
-                extra={"action": "supervise", "error": error, "failing_s": give_up_after_s},
+                extra={"action": "supervise", "error": str(exc), "failing_s": give_up_after_s},
             )
-            await _close(runtime, liveness)
-            return EXIT_GAVE_UP
-        logger.warning(
-            "worker stopped unexpectedly; restarting",
-            extra={"action": "supervise", "error": error, "restart_in_s": delay},
-        )
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=delay)
-        delay = min(delay * 2, RESTART_DELAY_MAX_S)
-    await _close(runtime, liveness)
-    logger.info("worker stopped", extra={"action": "supervise"})
-    return EXIT_OK
+            code = EXIT_GAVE_UP
+            break
+    await _close(resources, liveness)
+    if code == EXIT_OK:
+        logger.info("worker stopped", extra={"action": "supervise"})
+    return code
 
 
-async def _close(runtime: Runtime, liveness: Liveness) -> None:
+def _restarting(exc: BaseException, delay_s: float) -> None:
+    logger.warning(
+        "worker stopped unexpectedly; restarting",
+        extra={"action": "supervise", "error": str(exc), "restart_in_s": delay_s},
+    )
+
+
+async def _close(resources: Resources, liveness: Liveness) -> None:
     """Let hand-overs finish, then drop the locks: what is still running becomes the rescue's."""
-    await runtime.finish_handovers(SHUTDOWN_SLACK_S)
+    await resources.finish_handovers(SHUTDOWN_SLACK_S)
     await liveness.close()
-    runtime.close()
-    health.forget_beat(runtime.settings.temp_dir)
+    resources.close()
+    health.forget_beat(resources.settings.temp_dir)
 
 
 async def _run_once(
     settings: Settings,
     *,
-    runtime: Runtime,
+    resources: Resources,
     liveness: Liveness,
     stop: asyncio.Event,
     graceful_timeout_s: float,
@@ -127,17 +159,17 @@ async def _run_once(
                         concurrency=settings.worker_concurrency,
                         install_signal_handlers=False,
                         shutdown_graceful_timeout=graceful_timeout_s,
-                        additional_context={"runtime": runtime},
+                        additional_context={"resources": resources},
                         stalled_worker_timeout=STALLED_WORKER_S,
                         update_heartbeat_interval=HEARTBEAT_EVERY_S,
-                        worker_middleware=[liveness.middleware, *middleware],
+                        worker_middleware=[_holding_locks(liveness), *middleware],
                         **worker_options,
                     ),
                     name="procrastinate worker",
                 )
                 watchers = [
                     asyncio.create_task(_rescue_every(app, worker), name="rescue"),
-                    asyncio.create_task(_beat_every(runtime, liveness, worker), name="beat"),
+                    asyncio.create_task(_beat_every(resources, liveness, worker), name="beat"),
                 ]
                 stopping = asyncio.create_task(stop.wait())
                 await asyncio.wait({worker, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -147,8 +179,7 @@ async def _run_once(
                     worker.cancel()  # Procrastinate turns this into a graceful stop
                 # Bounded: with the database gone, Procrastinate's own clean-up would wait on it.
                 # The running jobs keep their liveness locks all along, so no rescue takes them.
-                drain_s = graceful_timeout_s + HANDOVER_S + SHUTDOWN_SLACK_S
-                await asyncio.wait({worker}, timeout=drain_s)
+                await asyncio.wait({worker}, timeout=drain_s(graceful_timeout_s))
                 for watcher in watchers:
                     watcher.cancel()
                 if not worker.done():
@@ -176,13 +207,28 @@ async def _rescue_every(app: Any, worker: asyncio.Task[Any]) -> None:
             logger.warning("rescue failed", extra={"action": "rescue", "error": str(exc)})
 
 
-async def _beat_every(runtime: Runtime, liveness: Liveness, worker: asyncio.Task[Any]) -> None:
+async def _beat_every(resources: Resources, liveness: Liveness, worker: asyncio.Task[Any]) -> None:
     """Tell `collage health` in this container that this worker runs and reaches its database."""
     while not worker.done():
         with contextlib.suppress(Exception):  # no beat is the message
             await liveness.check()
-            health.write_beat(runtime.settings.temp_dir)
+            health.write_beat(resources.settings.temp_dir)
         await asyncio.sleep(HEARTBEAT_EVERY_S)
+
+
+def _holding_locks(liveness: Liveness) -> WorkerMiddleware:
+    """Hold each job's liveness lock for as long as it runs, its hand-over at shutdown included."""
+
+    async def hold(call_next: AsyncCallNext, context: JobContext, worker: Any) -> Any:
+        job_id = context.job.id
+        assert job_id is not None
+        await liveness.hold(job_id)
+        try:
+            return await call_next()
+        finally:
+            await asyncio.shield(liveness.release(job_id))
+
+    return hold
 
 
 def _stop_on_signals() -> asyncio.Event:

@@ -1,4 +1,4 @@
-"""S3: which object a row's URL may name, and getting and putting objects with bounded waits."""
+"""S3: getting and putting objects with bounded waits and bounded sizes."""
 
 from __future__ import annotations
 
@@ -6,22 +6,14 @@ import logging
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from collage.constants import COLLAGE_PREFIX
-from collage.errors import (
-    BadImageUrls,
-    ForeignUrl,
-    OriginalMissing,
-    Permanent,
-    TooLarge,
-    Transient,
-    UnsafeKey,
-)
+from collage.errors import OriginalMissing, Permanent, TooLarge, Transient
+from collage.storage.keys import key_for_url, photo_keys
 
 if TYPE_CHECKING:
     from collage.settings import Settings
@@ -34,11 +26,7 @@ CHUNK_BYTES = 1024 * 1024  # how often a download checks its caps and whether to
 CONNECT_TIMEOUT_S = 5
 READ_TIMEOUT_S = 20
 MAX_ATTEMPTS = 3
-# About the longest one S3 call takes before boto3 gives up on it (its backoff between attempts
-# included; a body still trickling in can take longer, read_timeout being per socket read).
-LONGEST_CALL_S = MAX_ATTEMPTS * (CONNECT_TIMEOUT_S + READ_TIMEOUT_S) + 10
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
-_UNSAFE_CHARS = set("\\") | {chr(c) for c in range(32)} | {chr(127)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,7 +50,7 @@ class Bucket:
             region_name=settings.s3_region,
             config=Config(
                 s3={"addressing_style": "path"},
-                # A stalled S3 costs a job at most LONGEST_CALL_S before it is retried later.
+                # A stalled S3 costs a job a few connect and read timeouts, then a retry later.
                 connect_timeout=CONNECT_TIMEOUT_S,
                 read_timeout=READ_TIMEOUT_S,
                 retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
@@ -81,6 +69,16 @@ class Bucket:
         """Map a photo URL from a row to a key in this bucket; refuse anything else."""
         return key_for_url(
             url,
+            bucket=self.name,
+            endpoint=self.endpoint,
+            public_url=self.public_url,
+            prefix=self.originals_prefix,
+        )
+
+    def photo_keys(self, image_urls: object) -> list[str]:
+        """Check a row's image_urls and map every URL to a key, before anything is fetched."""
+        return photo_keys(
+            image_urls,
             bucket=self.name,
             endpoint=self.endpoint,
             public_url=self.public_url,
@@ -169,70 +167,6 @@ def _read_capped(body: Any, *, key: str, max_bytes: int, budget: ByteBudget | No
             budget.take(len(chunk))
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def key_for_url(
-    url: object, *, bucket: str, endpoint: str, public_url: str, prefix: str = "originals/"
-) -> str:
-    """Map a photo URL to a key under `prefix` in `bucket`; refuse anything else, Permanently.
-
-    s3://, virtual-hosted, path-style and public-URL forms are understood.
-    """
-    if not isinstance(url, str) or not url.strip():
-        raise BadImageUrls(f"image_urls holds {url!r}, not a URL")
-    try:
-        key = _key_in_bucket(url.strip(), bucket=bucket, endpoint=endpoint, public_url=public_url)
-    except ValueError as exc:  # urlsplit refuses some malformed URLs, e.g. an unclosed [
-        raise BadImageUrls(f"{url!r} is not a valid URL: {exc}") from None
-    if not key.startswith(prefix) or key.startswith(f"{COLLAGE_PREFIX}/"):
-        raise ForeignUrl(f"{url} is not under {prefix} in bucket {bucket!r}")
-    return key
-
-
-def _key_in_bucket(url: str, *, bucket: str, endpoint: str, public_url: str) -> str:
-    parts = urlsplit(url)
-    endpoint_parts = urlsplit(endpoint)
-    public_parts = urlsplit(public_url)
-    host = (parts.netloc or "").lower()
-    path = parts.path
-    if parts.scheme == "s3":
-        if host != bucket.lower():
-            raise ForeignUrl(f"{url} is in bucket {parts.netloc!r}, not {bucket!r}")
-        return _checked_key(path, url)
-    if parts.scheme not in {"http", "https"} or parts.username or parts.password:
-        raise ForeignUrl(f"{url} is not an s3:// or http(s):// URL of bucket {bucket!r}")
-    public_prefix = public_parts.path.rstrip("/") + "/"
-    if host == public_parts.netloc.lower() and path.startswith(public_prefix):
-        return _checked_key(path[len(public_prefix) :], url)
-    if host == f"{bucket}.{endpoint_parts.netloc}".lower():
-        return _checked_key(path, url)
-    if host == endpoint_parts.netloc.lower():
-        bucket_prefix = f"/{bucket}/"
-        if path.startswith(bucket_prefix):
-            return _checked_key(path[len(bucket_prefix) :], url)
-        raise ForeignUrl(f"{url} is not in bucket {bucket!r}")
-    hosts = dict.fromkeys(
-        [endpoint_parts.netloc, f"{bucket}.{endpoint_parts.netloc}", public_parts.netloc]
-    )
-    raise ForeignUrl(f"{url} is not on {' or '.join(hosts)}")
-
-
-def _checked_key(path: str, url: str) -> str:
-    key = unquote(path.lstrip("/"))
-    segments = key.split("/")
-    if not key or any(s in {"", ".", ".."} for s in segments) or _UNSAFE_CHARS & set(key):
-        raise ForeignUrl(f"{url!r} does not name a plain object key")
-    return key
-
-
-def collage_key(brand: object, external_id: object) -> str:
-    """Build collages/{brand}/{external_id}.jpg, refusing values that would escape that place."""
-    for field, value in (("brand", brand), ("external_id", external_id)):
-        if not isinstance(value, str) or not value.strip():
-            raise UnsafeKey(f"{field} is empty; cannot name the collage")
-        if "/" in value or value in {".", ".."} or _UNSAFE_CHARS & set(value):
-            raise UnsafeKey(f"{field} {value!r} cannot be used in an object key")
-    return f"{COLLAGE_PREFIX}/{brand}/{external_id}.jpg"
 
 
 def _error_code(exc: ClientError) -> str:

@@ -1,4 +1,4 @@
-"""A SKU's originals: which keys its row may name, and downloading them all or none.
+"""A SKU's originals, downloaded all or none, a few at a time, within one byte budget.
 
 The first download that fails ends the others (TaskGroup semantics), and the threads still
 reading stop at their next chunk: a broken SKU does not keep megabytes in flight while the
@@ -8,44 +8,29 @@ worker moves on to the next job.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
+from concurrent.futures import Executor
 
-from collage import metrics
-from collage.errors import BadImageUrls, NoPhotos
-from collage.runtime import Runtime
-from collage.storage import Abandoned, Bucket, ByteBudget
+from collage.storage.bucket import Abandoned, Bucket, ByteBudget
 
-MAX_PHOTOS = 40  # 40 photos at the narrowest plausible width already pass JPEG's width limit
 CONCURRENCY = 4
 # The compressed originals of one SKU held in memory at once, whatever the rows claim.
 MAX_SKU_BYTES = 400 * 1024 * 1024
-_JSON_TYPES = {dict: "object", str: "string", int: "number", float: "number", bool: "boolean"}
-
-
-def photo_keys(bucket: Bucket, image_urls: object) -> list[str]:
-    """Check image_urls and map every URL to a key in our bucket, before anything is fetched."""
-    if image_urls is None or image_urls == []:
-        raise NoPhotos("image_urls is empty")
-    if not isinstance(image_urls, list):
-        kind = _JSON_TYPES.get(type(image_urls), type(image_urls).__name__)
-        raise BadImageUrls(f"image_urls is a JSON {kind}, not a list")
-    if len(image_urls) > MAX_PHOTOS:
-        raise BadImageUrls(f"image_urls has {len(image_urls)} photos; at most {MAX_PHOTOS} fit")
-    return [bucket.key_for(url) for url in image_urls]
 
 
 async def download_all(
-    runtime: Runtime, keys: Sequence[str], *, max_bytes: int | None = None
+    bucket: Bucket, keys: Sequence[str], *, executor: Executor, max_bytes: int | None = None
 ) -> list[bytes]:
-    """Download every photo, a few at a time, within one byte budget; raise the first failure."""
+    """Download every photo on `executor`'s threads, within `max_bytes`; raise the first failure."""
     budget = ByteBudget(max_bytes or MAX_SKU_BYTES)
     limit = asyncio.Semaphore(CONCURRENCY)
+    loop = asyncio.get_running_loop()
 
     async def download(key: str) -> bytes:
         async with limit:
-            data = await runtime.run(runtime.bucket.get, key, budget=budget)
-        metrics.BYTES_DOWNLOADED.inc(len(data))
-        return data
+            get = functools.partial(bucket.get, key, budget=budget)
+            return await loop.run_in_executor(executor, get)
 
     try:
         async with asyncio.TaskGroup() as group:
@@ -57,7 +42,7 @@ async def download_all(
     return [task.result() for task in downloads]
 
 
-def _first(group: BaseExceptionGroup) -> BaseException:
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The failure that ended the group, not a download that it stopped.
 
     The group lists failures in the order their tasks ended: a thread stopped by the budget

@@ -22,10 +22,11 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from collage import db
+from collage.db.connect import OPTIONS
 from collage.settings import Settings
 from collage.storage import Bucket
-from collage.web import actions, auth, pages, thumbnails
+from collage.web import auth, controls, pages, previews
+from collage.web.previews import Previews
 
 # Pages are read by one operator or a few: a handful of connections, never a pool's worth.
 POOL_MAX = 4
@@ -50,7 +51,7 @@ class Console:
 
     settings: Settings
     pool: ConnectionPool
-    previews: thumbnails.Previews
+    previews: Previews
     templates: Jinja2Templates
 
     @contextlib.contextmanager
@@ -80,11 +81,11 @@ class Console:
         )
 
 
-def create_app(settings: Settings, *, previews: thumbnails.Previews | None = None) -> Starlette:
+def create_app(settings: Settings, *, made: previews.Previews | None = None) -> Starlette:
     """Build the console for these settings; nothing connects until the app starts."""
     pool = ConnectionPool(
         settings.db_url,
-        kwargs={**db.OPTIONS, "autocommit": True, "row_factory": dict_row},
+        kwargs={**OPTIONS, "autocommit": True, "row_factory": dict_row},
         min_size=1,
         max_size=POOL_MAX,
         open=False,
@@ -94,7 +95,7 @@ def create_app(settings: Settings, *, previews: thumbnails.Previews | None = Non
     console = Console(
         settings=settings,
         pool=pool,
-        previews=previews or thumbnails.Previews(Bucket.from_settings(settings)),
+        previews=made or previews.Previews(Bucket.from_settings(settings)),
         templates=Jinja2Templates(env=_environment()),
     )
 
@@ -115,13 +116,13 @@ def create_app(settings: Settings, *, previews: thumbnails.Previews | None = Non
             Route("/sku/{product_id:int}", pages.sku),
             Route("/gallery", pages.gallery),
             Route("/healthz", pages.healthz),
-            Route("/preview/{product_id:int}/{which:str}", thumbnails.preview),
-            Route("/unlock", actions.unlock, methods=["POST"]),
-            Route("/lock", actions.lock, methods=["POST"]),
-            Route("/actions/requeue", actions.requeue, methods=["POST"]),
-            Route("/actions/cancel", actions.cancel, methods=["POST"]),
-            Route("/actions/pause", actions.pause, methods=["POST"]),
-            Route("/actions/resume", actions.resume, methods=["POST"]),
+            Route("/preview/{product_id:int}/{which:str}", previews.preview),
+            Route("/unlock", controls.unlock, methods=["POST"]),
+            Route("/lock", controls.lock, methods=["POST"]),
+            Route("/actions/requeue", controls.requeue, methods=["POST"]),
+            Route("/actions/cancel", controls.cancel, methods=["POST"]),
+            Route("/actions/pause", controls.pause, methods=["POST"]),
+            Route("/actions/resume", controls.resume, methods=["POST"]),
             Mount("/static", StaticFiles(packages=[("collage.web", "static")]), name="static"),
         ],
         middleware=[
@@ -135,7 +136,7 @@ def create_app(settings: Settings, *, previews: thumbnails.Previews | None = Non
             ),
         ],
         exception_handlers={
-            auth.Refused: actions.refused,
+            auth.Refused: controls.refused,
             psycopg.OperationalError: pages.unavailable,
             PoolTimeout: pages.unavailable,
         },

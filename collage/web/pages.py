@@ -1,7 +1,7 @@
 """The console's pages: the overview, a SKU, search, the gallery, and /healthz.
 
 Plain functions but the overview: Starlette runs them in its thread pool, where the
-synchronous queries of collage.inspection belong. Each page makes a few bounded queries
+synchronous queries of collage.db belong. Each page makes a few bounded queries
 (bin/bench-pipeline --console times them).
 """
 
@@ -18,9 +18,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 
-from collage import controls, inspection
+from collage import db
+from collage.db import controls, failures, jobs, skus
 from collage.errors import CollageError
-from collage.web import chart, thumbnails
+from collage.storage.keys import MAX_PHOTOS
+from collage.web import chart, previews
 
 logger = logging.getLogger(__name__)
 GALLERY_STRIP = 12  # latest collages on the overview
@@ -42,12 +44,12 @@ async def overview(request: Request) -> Response:
             return [query(conn) for query in queries]
 
     (summary,), (groups,), (hours, collages, paused) = await asyncio.gather(
-        run_in_threadpool(read, functools.partial(inspection.summary, timeout_s=QUERY_S)),
-        run_in_threadpool(read, inspection.error_groups),
+        run_in_threadpool(read, functools.partial(jobs.summary, timeout_s=QUERY_S)),
+        run_in_threadpool(read, failures.error_groups),
         run_in_threadpool(
             read,
-            inspection.throughput,
-            functools.partial(inspection.latest_collages, limit=GALLERY_STRIP),
+            failures.throughput,
+            functools.partial(skus.latest_collages, limit=GALLERY_STRIP),
             controls.pauses,
         ),
     )
@@ -71,7 +73,7 @@ def search(request: Request) -> Response:
     rows = []
     if text:
         with console.db() as conn:
-            rows = inspection.search_products(conn, text)
+            rows = skus.search_products(conn, text)
     if len(rows) == 1:
         return RedirectResponse(f"/sku/{rows[0]['product_id']}", status_code=303)
     return console.render(request, "search.html", {"q": text, "rows": rows})
@@ -82,13 +84,13 @@ def sku(request: Request) -> Response:
     console = request.app.state.console
     product_id = request.path_params["product_id"]
     with console.db() as conn:
-        row = inspection.product(conn, product_id)
+        row = skus.product(conn, product_id)
         if row is None:
             return console.render(
                 request, "search.html", {"q": str(product_id), "rows": []}, status=404
             )
-        jobs = inspection.history(conn, product_id)
-        outcomes = inspection.outcomes_of(conn, product_id)
+        history = jobs.history(conn, product_id)
+        outcomes = skus.outcomes_of(conn, product_id)
     return console.render(
         request,
         "sku.html",
@@ -96,7 +98,7 @@ def sku(request: Request) -> Response:
             "sku": row,
             "photos": _photos(console, row),
             "collage": _with_preview(row) if row["image_status"] == "collage_ready" else None,
-            "jobs": jobs,
+            "jobs": history,
             "outcomes": outcomes,
         },
     )
@@ -107,7 +109,7 @@ def gallery(request: Request) -> Response:
     console = request.app.state.console
     before = request.query_params.get("before", "")
     with console.db() as conn:
-        rows = inspection.latest_collages(
+        rows = skus.latest_collages(
             conn,
             limit=GALLERY_PAGE,
             before=int(before) if before.isdigit() and len(before) < 19 else None,
@@ -127,7 +129,7 @@ def healthz(request: Request) -> Response:
     console = request.app.state.console
     try:
         with console.db(wait_s=HEALTH_WAIT_S) as conn:
-            inspection.ping(conn)
+            db.ping(conn)
     except (psycopg.Error, TimeoutError) as exc:  # the pool says PoolTimeout, a TimeoutError
         logger.warning("console health check failed", extra={"error": type(exc).__name__})
         return PlainTextResponse("database unavailable\n", status_code=503)
@@ -143,14 +145,14 @@ def unavailable(request: Request, exc: Exception) -> Response:
 
 
 def _with_preview(row: dict[str, Any]) -> dict[str, Any]:
-    return {**row, "preview": thumbnails.url(row, "collage")}
+    return {**row, "preview": previews.url(row, "collage")}
 
 
 def _photos(console: Any, row: dict[str, Any]) -> list[dict[str, Any]]:
     """Each photo URL of the row, with its key and preview, or why it is never fetched."""
     urls = row["image_urls"] if isinstance(row["image_urls"], list) else []
     photos = []
-    for index, url in enumerate(urls[: thumbnails.MAX_PHOTOS], start=1):
+    for index, url in enumerate(urls[:MAX_PHOTOS], start=1):
         try:
             key, refused = console.previews.bucket.key_for(url), None
         except CollageError as exc:
@@ -161,7 +163,7 @@ def _photos(console: Any, row: dict[str, Any]) -> list[dict[str, Any]]:
                 "url": url,
                 "key": key,
                 "refused": refused,
-                "preview": thumbnails.url(row, f"photo-{index}") if key else None,
+                "preview": previews.url(row, f"photo-{index}") if key else None,
             }
         )
     return photos

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from PIL import Image
 
-from collage import migrate
+from collage.db import migrate
 from collage.settings import Settings
 from dev import sandbox
 from dev.photos import solid_jpeg

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from collage.health import CHECK_TIMEOUT_S
+from collage.queue.health import CHECK_TIMEOUT_S
 from tests.support.processes import collage_command
 from tests.support.s3proxy import SilentServer
 

@@ -12,9 +12,11 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from collage import storage, tasks
+from collage.backoff import Backoff
 from collage.errors import Transient
+from collage.queue import settle
 from collage.settings import Settings
+from collage.storage import bucket as storage
 from dev import sandbox
 from dev.photos import jpeg
 from tests.support.processes import (
@@ -117,7 +119,7 @@ def test_5xx_and_stalled_s3_requests_are_retried_and_the_sku_is_built(
         "Config",
         lambda **kw: real_config(**{**kw, "connect_timeout": 1, "read_timeout": 0.5}),
     )
-    monkeypatch.setattr(tasks, "BACKOFF_BASE_S", 0.2)
+    monkeypatch.setattr(settle, "JOB_BACKOFF", Backoff(first_s=0.2, max_s=240.0))
     proxy = FaultyProxy(settings.s3_endpoint, rule)
     try:
         start_worker(settings.replace(s3_endpoint=proxy.endpoint))

@@ -1,4 +1,4 @@
-"""The module-level app, as `procrastinate --app=collage.app.app worker` uses it."""
+"""The module-level app, as `procrastinate --app=collage.queue.app.app worker` uses it."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import psycopg
 
-from collage.app import app
 from collage.constants import MAINTENANCE_PRIORITY
+from collage.queue.app import app
 from collage.settings import Settings
 from dev.photos import jpeg
 from tests.support.skus import add_product, env_of, upload, wait_settled
@@ -19,8 +19,8 @@ from tests.support.skus import add_product, env_of, upload, wait_settled
 
 def test_importing_the_app_connects_to_nothing_and_reads_no_environment() -> None:
     code = (
-        "import os; os.environ.clear(); import collage.app, collage.tasks, collage.maintenance;"
-        " print(sorted(collage.app.app.tasks))"
+        "import os; os.environ.clear(); import collage.queue.app, collage.queue.build, collage.queue.periodic;"
+        " print(sorted(collage.queue.app.app.tasks))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
@@ -29,7 +29,7 @@ def test_importing_the_app_connects_to_nothing_and_reads_no_environment() -> Non
 
 
 def test_periodic_tasks_are_registered_with_their_schedules() -> None:
-    import collage.maintenance  # noqa: F401 - registers the tasks on `app`
+    import collage.queue.periodic  # noqa: F401 - registers the tasks on `app`
 
     schedules = {
         task.task.name: task.cron for task in app.periodic_registry.periodic_tasks.values()
@@ -71,7 +71,7 @@ def test_procrastinate_cli_runs_the_same_worker(
     urls = upload(s3, settings, {"a.jpg": jpeg(40, 50)})
     binary = Path(sys.executable).parent / "procrastinate"
     worker = subprocess.Popen(
-        [str(binary), "--app=collage.app.app", "worker", "-c", "2"],
+        [str(binary), "--app=collage.queue.app.app", "worker", "-c", "2"],
         env={**os.environ, **env_of(settings)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -5,15 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from collage import downloads
 from collage.errors import OriginalMissing, TooLarge
-from collage.runtime import Runtime
 from collage.settings import Settings
-from collage.storage import Bucket
+from collage.storage import Bucket, downloads
 from dev import sandbox
 from tests.support.s3proxy import TrickleS3
 
@@ -25,7 +24,7 @@ def trickle() -> Iterator[TrickleS3]:
     server.close()
 
 
-def runtime_on(server: TrickleS3, tmp_path: Path) -> Runtime:
+def bucket_on(server: TrickleS3, tmp_path: Path) -> Bucket:
     settings = Settings(
         db_url="postgresql://unused@127.0.0.1:9/x",
         db_session_url="postgresql://unused@127.0.0.1:9/x",
@@ -35,34 +34,42 @@ def runtime_on(server: TrickleS3, tmp_path: Path) -> Runtime:
         s3_bucket="lying",
         temp_dir=tmp_path,
     )
-    return Runtime(settings=settings, bucket=Bucket.from_settings(settings))  # builds nothing
+    return Bucket.from_settings(settings)
+
+
+async def download(bucket: Bucket, keys: list[str], *, max_bytes: int) -> list[bytes]:
+    """Download as a worker does; a thread still reading is left behind, as the worker does."""
+    executor = ThreadPoolExecutor()
+    try:
+        return await downloads.download_all(bucket, keys, executor=executor, max_bytes=max_bytes)
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
 
 
 def test_a_body_without_content_length_is_cut_at_the_cap(
     trickle: TrickleS3, tmp_path: Path
 ) -> None:
-    runtime = runtime_on(trickle, tmp_path)
+    bucket = bucket_on(trickle, tmp_path)
     started = time.monotonic()
     with pytest.raises(TooLarge, match=r"originals/a\.jpg is larger than the limit of 1,000 bytes"):
-        runtime.bucket.get("originals/a.jpg", max_bytes=1000)
+        bucket.get("originals/a.jpg", max_bytes=1000)
     took = time.monotonic() - started
     (sent,) = trickle.sent
     sandbox.wait_until(lambda: sent.closed_at is not None, timeout=5, what="the client to hang up")
     # One chunk read (1 MiB) plus what the sockets buffer: far short of the 8 MiB on offer.
     assert sent.bytes < trickle.total / 2, sent
     print(f"no Content-Length, cap 1,000 B: refused after {took:.2f}s, {sent.bytes:,} B sent")
-    runtime.close()
 
 
 def test_the_first_failed_download_stops_the_others_at_their_next_chunk(
     trickle: TrickleS3, tmp_path: Path
 ) -> None:
     trickle.total = 512 * 1024 * 1024  # the others would trickle for minutes
-    runtime = runtime_on(trickle, tmp_path)
+    bucket = bucket_on(trickle, tmp_path)
     keys = ["originals/a.jpg", "originals/b.jpg", "originals/c.jpg", "originals/gone.jpg"]
     started = time.monotonic()
     with pytest.raises(OriginalMissing, match=r"originals/gone\.jpg"):
-        asyncio.run(downloads.download_all(runtime, keys, max_bytes=10**12))
+        asyncio.run(download(bucket, keys, max_bytes=10**12))
     failed_after = time.monotonic() - started
     assert 1 <= len(trickle.sent) <= 3  # the others may not all have started by then
     sandbox.wait_until(
@@ -76,12 +83,10 @@ def test_the_first_failed_download_stops_the_others_at_their_next_chunk(
         f"first failure after {failed_after:.2f}s; the {len(trickle.sent)} others stopped"
         f" {stopped_after:.2f}s in, having sent {sum(s.bytes for s in trickle.sent):,} B"
     )
-    runtime.close()
 
 
 def test_the_sku_budget_is_shared_by_its_downloads(trickle: TrickleS3, tmp_path: Path) -> None:
-    runtime = runtime_on(trickle, tmp_path)
+    bucket = bucket_on(trickle, tmp_path)
     keys = [f"originals/{n}.jpg" for n in range(3)]
     with pytest.raises(TooLarge, match="the photos add up to over 10,000,000 bytes"):
-        asyncio.run(downloads.download_all(runtime, keys, max_bytes=10_000_000))
-    runtime.close()
+        asyncio.run(download(bucket, keys, max_bytes=10_000_000))

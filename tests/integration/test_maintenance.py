@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psycopg
 
-from collage import maintenance
+from collage.queue import periodic
 from collage.settings import Settings
 from dev import sandbox
 from tests.support.skus import StartWorker, add_product, wait_settled
@@ -38,7 +38,7 @@ def test_the_sweep_queues_lost_skus_and_logs_the_batch(
     db.execute(
         "INSERT INTO collage_outcomes (product_id, outcome) VALUES (1, 'built'), (2, 'error')"
     )
-    queued = _run(lambda conn: maintenance.run_sweep(conn, limit=2), settings)
+    queued = _run(lambda conn: periodic.run_sweep(conn, limit=2), settings)
     assert queued == lost[:2]
     assert queued_already not in queued
     log = db.execute(
@@ -46,7 +46,7 @@ def test_the_sweep_queues_lost_skus_and_logs_the_batch(
         " completed_at >= started_at, duration_seconds >= 0 FROM scraper_logs"
     ).fetchall()
     assert log == [("collage_worker", "partial", 2, 1, 1, True, True)]
-    assert _run(lambda conn: maintenance.run_sweep(conn, limit=10), settings) == [lost[2]]
+    assert _run(lambda conn: periodic.run_sweep(conn, limit=10), settings) == [lost[2]]
     second = db.execute("SELECT status, records_fetched FROM scraper_logs ORDER BY id DESC LIMIT 1")
     assert second.fetchone() == ("success", 0)
 
@@ -54,7 +54,7 @@ def test_the_sweep_queues_lost_skus_and_logs_the_batch(
 def test_errored_skus_are_retried_after_the_cooldown_a_few_rounds_at_most(
     db: psycopg.Connection, settings: Settings
 ) -> None:
-    from collage import products
+    from collage.db import products
 
     old = add_product(db, ["s3://b/a.jpg"], status="error")
     fresh = add_product(db, ["s3://b/a.jpg"], status="error")
@@ -114,9 +114,9 @@ def test_cleanup_removes_day_old_scratch_files_only(tmp_path: Path) -> None:
     old.write_bytes(b"x")
     new.write_bytes(b"y")
     os.utime(old, (time.time() - 2 * 86400,) * 2)
-    assert maintenance.remove_old_files(tmp_path) == 1
+    assert periodic.remove_old_files(tmp_path) == 1
     assert not old.exists() and new.exists()
-    assert maintenance.remove_old_files(tmp_path / "missing") == 0
+    assert periodic.remove_old_files(tmp_path / "missing") == 0
 
 
 def _defer(db: psycopg.Connection, task: str) -> None:

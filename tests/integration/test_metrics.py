@@ -10,7 +10,8 @@ import urllib.request
 import psycopg
 import pytest
 
-from collage import logs, metrics
+from collage.cli import logs
+from collage.queue import metrics
 from collage.settings import Settings
 from dev import sandbox
 from dev.photos import jpeg
@@ -108,6 +109,8 @@ def test_one_json_line_per_job_outcome(
 
 
 def test_text_logs_show_the_fields() -> None:
-    record = logging.LogRecord("collage.tasks", logging.INFO, "", 0, "collage built", None, None)
+    record = logging.LogRecord(
+        "collage.queue.settle", logging.INFO, "", 0, "collage built", None, None
+    )
     record.product_id = 7
     assert logs.TextFormatter().format(record).endswith("collage built product_id=7")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import psycopg
 
-from collage import migrate
+from collage.db import migrate
 
 
 def _tables(dsn: str) -> set[str]:

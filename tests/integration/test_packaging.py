@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from collage import migrate
+from collage.db import migrate
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,7 +52,7 @@ def test_a_plain_pip_install_ships_the_migrations_and_runs_collage_migrate(
     }
     env.pop("STAGING_DB_SESSION_URL", None)
     where = subprocess.run(
-        [sys.executable, "-c", "import collage.migrate as m; print(m.shipped_migrations())"],
+        [sys.executable, "-c", "import collage.db.migrate as m; print(m.shipped_migrations())"],
         cwd=tmp_path,
         env=env,
         capture_output=True,

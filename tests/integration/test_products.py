@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from collage import db as database
-from collage import products
+from collage.db import products
 from dev import sandbox
 
 

@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from collage import downloads, tasks
 from collage.cli import main
 from collage.settings import Settings
+from collage.storage import downloads
 from dev import sandbox
 from dev.photos import jpeg, noisy_jpeg, solid_jpeg
 from tests.conftest import FaultyS3
@@ -309,12 +309,6 @@ def test_listen_through_pgbouncer_starts_jobs_without_waiting_for_a_poll(
     second = add_product(db, urls)
     assert wait_settled(db, second, timeout=20)[0] == "collage_ready"
     assert "DuplicatePreparedStatement" not in transaction_bouncer.log()
-
-
-def test_backoff_grows_and_is_capped() -> None:
-    delays = [tasks.backoff_s(n) for n in range(8)]
-    assert delays == sorted(delays)
-    assert delays[0] == tasks.BACKOFF_BASE_S and delays[-1] == tasks.BACKOFF_MAX_S
 
 
 def test_photos_too_big_in_total_are_refused_whatever_the_row_says(

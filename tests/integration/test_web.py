@@ -20,7 +20,7 @@ from starlette.testclient import TestClient
 
 from collage.settings import Settings
 from collage.web.app import SECURITY_HEADERS, create_app
-from collage.web.thumbnails import COLLAGE_BOX, PHOTO_BOX
+from collage.web.previews import COLLAGE_BOX, PHOTO_BOX
 from dev import sandbox
 from dev.photos import encode, jpeg, solid_jpeg
 from tests.support.console import TOKEN, csrf_of, unlock

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from collage import constants, migrate
+from collage import constants
+from collage.db import migrate
 from collage.errors import CollageError, error_classes
-from collage.metrics import ERROR_CLASSES
+from collage.queue.metrics import ERROR_CLASSES
 
 ROOT = Path(__file__).resolve().parents[2]
 SQL = {m.name: m.sql() for m in migrate.project_migrations()}
@@ -44,10 +45,10 @@ def test_task_and_queue_names_in_sql_are_the_ones_python_registers() -> None:
     queues = found(r"queue_name\s*=\s*'(\w+)'") | found(r"VALUES\s*\(\s*'(\w+)',\s*'collage\.")
     assert queues and {q for values in queues.values() for q in values} == {constants.QUEUE}
 
-    from collage import maintenance, tasks
-    from collage.app import app
+    from collage.queue import build, periodic
+    from collage.queue.app import app
 
-    assert tasks.build.name in app.tasks and maintenance.sweep.name in app.tasks
+    assert build.build.name in app.tasks and periodic.sweep.name in app.tasks
     registered = {name for name in app.tasks if name.startswith("collage.")}
     assert registered == TASKS
 

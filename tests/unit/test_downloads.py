@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collage import downloads
 from collage.errors import OriginalMissing, TooLarge
-from collage.storage import Abandoned
+from collage.storage import downloads
+from collage.storage.bucket import Abandoned
 
 
 def test_the_download_over_budget_is_reported_not_the_ones_it_stopped() -> None:

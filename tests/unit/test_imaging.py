@@ -19,7 +19,9 @@ from PIL import Image, ImageChops, ImageCms, ImageFile, ImageStat, JpegImagePlug
 
 from collage import imaging
 from collage.errors import NoPhotos, PhotoUnreadable, TooLarge
-from collage.imaging import RESAMPLING, Limits, build_collage, plan_layout
+from collage.imaging import RESAMPLING, Limits, compose, plan_layout
+from dev import collages
+from dev.collages import build_collage
 from dev.photos import shapes
 
 Colour = tuple[int, int, int]
@@ -332,7 +334,7 @@ def test_each_panel_is_its_photo_resized() -> None:
 def test_upscaling_restores_a_shrunk_photo(resampler: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # Shrunk to 0.8x as an export tool would (LANCZOS) and scaled back: OpenCV's bicubic gave
     # 48.2-49.5 dB on such photos, Pillow's 0.1-0.3 dB less; half a pixel off costs 13 dB.
-    monkeypatch.setattr(imaging, "RESAMPLER", resampler)
+    monkeypatch.setattr(compose, "RESAMPLER", resampler)
     truths = [shapes((2000, 3000), seed) for seed in (1, 2, 3)]
     scaled = [
         imaging.scale(truth.resize((1600, 2400), Image.Resampling.LANCZOS), (2000, 3000))
@@ -360,7 +362,7 @@ def test_upscaled_panel_edges_stay_in_place(
 ) -> None:
     # A hard edge 800 px from the left and 1200 px from the top of a 1600x2400 photo must land
     # at 1000 and 1500 px when it is scaled 1.25x, not half a pixel off (as libvips resize is).
-    monkeypatch.setattr(imaging, "RESAMPLER", resampler)
+    monkeypatch.setattr(compose, "RESAMPLER", resampler)
     photo = Image.new("L", (1600, 2400), 40)
     photo.paste(220, (800, 0, 1600, 2400))
     photo.paste(40, (0, 1200, 1600, 2400))
@@ -965,7 +967,7 @@ def test_avif_clean_aperture_of_no_item_or_with_a_zero_denominator_is_ignored() 
 
 
 def test_avif_sequence_clean_aperture_is_read_from_its_colour_track() -> None:
-    from collage.avif import clean_aperture
+    from collage.imaging.avif import clean_aperture
 
     def track(aperture: bytes, *, alpha: bool) -> bytes:
         entry = box(b"av01", bytes(78) + aperture)
@@ -983,7 +985,7 @@ def test_avif_sequence_clean_aperture_is_read_from_its_colour_track() -> None:
 
 
 def test_avif_box_walk_stops_early_on_a_flood_of_tiny_boxes() -> None:
-    from collage.avif import clean_aperture
+    from collage.imaging.avif import clean_aperture
 
     flood = box(b"ipco", box(b"free", b"") * 1_000_000)  # 8 MB of empty properties
     meta = box(b"meta", box(b"pitm", b"\0\1", version=0) + box(b"iprp", flood), version=0)
@@ -1005,7 +1007,7 @@ def _events(photos: list[bytes], **options: object) -> list[tuple[str, int]]:
     def on_decode(index: int, done: bool) -> None:
         events.append(("decoded" if done else "decoding", index))
 
-    imaging.build(photos, on_photo=on_photo, on_decode=on_decode, **options)
+    collages.build(photos, on_photo=on_photo, on_decode=on_decode, **options)
     return events
 
 
@@ -1067,7 +1069,7 @@ SIZES = _sizes_by_quality(TEXTURED)
 @pytest.mark.parametrize("fraction", [0.97, 0.8, 0.6, 0.45, 0.3])
 def test_size_limit_gives_the_highest_quality_that_fits(fraction: float) -> None:
     max_bytes = int(SIZES[95] * fraction)
-    built = imaging.build(TEXTURED, max_bytes=max_bytes, min_quality=40)
+    built = collages.build(TEXTURED, max_bytes=max_bytes, min_quality=40)
     assert built.quality == max(q for q, size in SIZES.items() if size <= max_bytes)
     assert len(built.jpeg) <= max_bytes
     assert built.jpeg == build_collage(TEXTURED, quality=built.quality)  # same pixels, same size
@@ -1075,7 +1077,7 @@ def test_size_limit_gives_the_highest_quality_that_fits(fraction: float) -> None
 
 
 def test_size_limit_already_met_changes_nothing() -> None:
-    built = imaging.build(TEXTURED, max_bytes=SIZES[95])
+    built = collages.build(TEXTURED, max_bytes=SIZES[95])
     assert (built.quality, built.jpeg) == (95, build_collage(TEXTURED))
 
 
@@ -1090,7 +1092,7 @@ def test_size_limit_past_the_floor_names_the_size_reached() -> None:
 
 
 def test_size_limit_search_costs_few_full_encodes(monkeypatch: pytest.MonkeyPatch) -> None:
-    from collage import encoding
+    from collage.imaging import encode as encoding
 
     heights: list[int] = []
     original = encoding.encode
@@ -1104,7 +1106,7 @@ def test_size_limit_search_costs_few_full_encodes(monkeypatch: pytest.MonkeyPatc
     whole = build_collage(tall)
     full, max_bytes = decode(whole).height, len(whole) * 3 // 5
     heights.clear()
-    imaging.build(tall, max_bytes=max_bytes)
+    collages.build(tall, max_bytes=max_bytes)
     full_encodes = heights.count(full)
     assert full_encodes <= 3, heights
     assert len(heights) - full_encodes <= 8  # the sampled ones: an eighth of the rows each

@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from collage import progress
+from collage.queue import progress
 
 
 class Recorder:

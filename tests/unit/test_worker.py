@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from collage import worker
+from collage.queue import worker
 from collage.settings import Settings
 
 
@@ -24,8 +24,8 @@ class Clock:
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     fake = Clock()
     monkeypatch.setattr(worker, "monotonic", fake)
-    monkeypatch.setattr(worker, "RESTART_DELAY_MIN_S", 0.001)
-    monkeypatch.setattr(worker, "RESTART_DELAY_MAX_S", 0.001)
+    monkeypatch.setattr(worker, "RESTART_FIRST_S", 0.001)
+    monkeypatch.setattr(worker, "RESTART_MAX_S", 0.001)
     return fake
 
 

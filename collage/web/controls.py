@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from collage import controls, inspection
+from collage.db import controls, failures
 from collage.web import auth
 
 logger = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ async def _on_selection(
 
     def run() -> tuple[int, int]:
         with console.db() as conn:
-            chosen = ids or inspection.failed_of_class(conn, scope["error_class"], state=state)
+            chosen = ids or failures.failed_of_class(conn, scope["error_class"], state=state)
             return len(chosen), sum(apply(conn, list(chosen)))
 
     selected, count = await run_in_threadpool(run)

@@ -1,7 +1,8 @@
-"""Hostile photos against real child processes: each ends in one line, the builder lives on."""
+"""Hostile photos against real child processes: each ends in one line, the pool lives on."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import signal
@@ -14,17 +15,21 @@ import pytest
 from PIL import Image
 
 from collage import imaging
-from collage.builder import MIB, Budget, Builder
 from collage.errors import OverBudget, PhotoUnreadable, TooLarge, Transient
 from collage.imaging import Limits
+from collage.isolation.pool import BuildPool
+from collage.isolation.process import Budget
+from collage.isolation.protocol import MIB
+from dev import collages
+from dev.collages import build_collage, build_in
 from dev.photos import jpeg, noisy_jpeg, scan_bomb
 
 NAMES = ["s3://bucket/a.jpg", "s3://bucket/b.jpg"]
 
 
 @pytest.fixture
-def builder() -> Iterator[Builder]:
-    with Builder(processes=1) as built:
+def builder() -> Iterator[BuildPool]:
+    with collages.pool() as built:
         yield built
 
 
@@ -37,29 +42,29 @@ def children() -> list[int]:
             cmdline = (status.parent / "cmdline").read_bytes()
         except (OSError, ValueError):
             continue
-        if int(fields.get("PPid", "0")) == os.getpid() and b"collage.build_child" in cmdline:
+        if int(fields.get("PPid", "0")) == os.getpid() and b"collage.isolation.child" in cmdline:
             found.append(int(status.parent.name))
     return found
 
 
-def still_builds(builder: Builder) -> None:
+def still_builds(builder: BuildPool) -> None:
     photo = jpeg(40, 30, seed=1)
-    assert builder.build([photo, photo], quality=90).jpeg.startswith(b"\xff\xd8")
+    assert build_in(builder, [photo, photo], quality=90).jpeg.startswith(b"\xff\xd8")
 
 
-def test_collage_is_the_one_build_collage_makes(builder: Builder) -> None:
+def test_collage_is_the_one_build_collage_makes(builder: BuildPool) -> None:
     photos = [jpeg(300, 400, seed=2), jpeg(200, 300, seed=3)]
-    built = builder.build(photos, quality=90, names=NAMES)
-    assert built.jpeg == imaging.build_collage(photos, quality=90, names=NAMES)
+    built = build_in(builder, photos, quality=90, names=NAMES)
+    assert built.jpeg == build_collage(photos, quality=90, names=NAMES)
     assert built.cpu_s > 0
     assert built.peak_rss > 0
 
 
-def test_errors_come_back_as_build_collage_raises_them(builder: Builder) -> None:
+def test_errors_come_back_as_build_collage_raises_them(builder: BuildPool) -> None:
     with pytest.raises(PhotoUnreadable, match=r"^photo 2 \(s3://bucket/b.jpg\) is not a JPEG"):
-        builder.build([jpeg(20, 20), b"<html>"], names=NAMES)
+        build_in(builder, [jpeg(20, 20), b"<html>"], names=NAMES)
     with pytest.raises(ValueError, match="quality"):
-        builder.build([jpeg(20, 20)], quality=0)
+        build_in(builder, [jpeg(20, 20)], quality=0)
     still_builds(builder)
 
 
@@ -67,12 +72,14 @@ def test_errors_come_back_as_build_collage_raises_them(builder: Builder) -> None
 def test_scan_bomb_past_the_cpu_budget_is_stopped() -> None:
     bomb = scan_bomb(6000, 6000, repeats=600)  # 609 scans, 27 MB: about 3.5 s of CPU here
     limits = Limits(max_scans=10**6)  # let the bomb past the structural check, to the budget
-    with Builder(limits=limits, budget=Budget(cpu_s=1), processes=1) as builder:
+    with collages.pool(
+        limits=limits, budget=Budget(cpu_s=1, memory_bytes=Budget.of().memory_bytes), processes=1
+    ) as builder:
         started = time.monotonic()
         with pytest.raises(OverBudget) as raised:
             # Photo 1 as tall as the bomb: scaled, a thumbnail would spend the budget itself
             # (40x30 to 8000x6000 is 0.7 s of CPU).
-            builder.build([jpeg(40, 6000), bomb], names=NAMES)
+            build_in(builder, [jpeg(40, 6000), bomb], names=NAMES)
         elapsed = time.monotonic() - started
         message = raised.value.message
         print(f"\nscan bomb: {message} after {elapsed:.1f} s")
@@ -83,7 +90,7 @@ def test_scan_bomb_past_the_cpu_budget_is_stopped() -> None:
         still_builds(builder)
     # The structural check alone refuses it in milliseconds, without a child.
     with pytest.raises(TooLarge, match="is a JPEG of 609 scans; at most 100 are allowed"):
-        imaging.build_collage([bomb])
+        build_collage([bomb])
 
 
 @pytest.mark.slow
@@ -91,9 +98,11 @@ def test_lossless_webp_past_the_memory_budget_is_refused() -> None:
     image = Image.open(io.BytesIO(noisy_jpeg(5000, 4000)))  # 20 MP: 80 MB decoded, 24 MB coded
     webp = io.BytesIO()
     image.save(webp, "WEBP", lossless=True, method=0, quality=0)
-    with Builder(budget=Budget(memory_bytes=150 * MIB), processes=1) as builder:
+    with collages.pool(
+        budget=Budget(cpu_s=Budget.of().cpu_s, memory_bytes=150 * MIB), processes=1
+    ) as builder:
         with pytest.raises(OverBudget) as raised:
-            builder.build([jpeg(40, 30), webp.getvalue()], names=NAMES)
+            build_in(builder, [jpeg(40, 30), webp.getvalue()], names=NAMES)
         message = raised.value.message
         print(f"\nlossless WebP: {message}")
         assert message.startswith(
@@ -103,7 +112,7 @@ def test_lossless_webp_past_the_memory_budget_is_refused() -> None:
 
 
 def _build_in_thread(
-    builder: Builder, photos: list[bytes], decoding: threading.Event | None = None
+    builder: BuildPool, photos: list[bytes], decoding: threading.Event | None = None
 ) -> tuple[threading.Thread, list]:
     """Build in a thread; set `decoding` once the child starts decoding the last photo."""
     outcome: list = []
@@ -116,7 +125,7 @@ def _build_in_thread(
 
     def run() -> None:
         try:
-            outcome.append(builder.build(photos, names=NAMES[: len(photos)], on_photo=on_photo))
+            outcome.append(build_in(builder, photos, names=NAMES[: len(photos)], on_photo=on_photo))
         except Exception as exc:
             outcome.append(exc)
 
@@ -154,7 +163,7 @@ def test_a_child_that_dies_fails_its_own_job_only(
     sig: signal.Signals, error: type[Exception], expected: str
 ) -> None:
     slow = scan_bomb(6000, 6000, repeats=300)  # seconds to decode: time to kill it mid-way
-    with Builder(limits=Limits(max_scans=10**6), processes=2) as builder:
+    with collages.pool(limits=Limits(max_scans=10**6), processes=2) as builder:
         still_builds(builder)
         decoding = threading.Event()
         victim_thread, victim = _build_in_thread(builder, [jpeg(40, 30), slow], decoding)
@@ -176,7 +185,11 @@ def test_a_child_that_dies_fails_its_own_job_only(
 @pytest.mark.slow
 def test_a_child_that_hangs_is_stopped_at_the_wall_clock_limit() -> None:
     slow = scan_bomb(6000, 6000, repeats=300)
-    with Builder(limits=Limits(max_scans=10**6), budget=Budget(wall_s=2), processes=1) as builder:
+    with collages.pool(
+        limits=Limits(max_scans=10**6),
+        budget=dataclasses.replace(Budget.of(), wall_s=2),
+        processes=1,
+    ) as builder:
         still_builds(builder)
         decoding = threading.Event()
         thread, outcome = _build_in_thread(builder, [jpeg(40, 30), slow], decoding)
@@ -190,10 +203,10 @@ def test_a_child_that_hangs_is_stopped_at_the_wall_clock_limit() -> None:
 
 
 def test_closed_builder_refuses_work() -> None:
-    builder = Builder(processes=1)
+    builder = collages.pool()
     builder.close()
     with pytest.raises(Transient, match="shutting down"):
-        builder.build([jpeg(10, 10)])
+        build_in(builder, [jpeg(10, 10)])
     assert not children()
 
 
@@ -213,16 +226,16 @@ def test_a_crash_while_two_photos_decode_is_built_again_one_at_a_time(kills: int
             (pid,) = children()
             os.kill(pid, signal.SIGSEGV)
 
-    with Builder(limits=Limits(max_scans=10**6), processes=1) as builder:
+    with collages.pool(limits=Limits(max_scans=10**6), processes=1) as builder:
         started = time.monotonic()
         if kills == 1:
-            built = builder.build(slow, names=NAMES[:2], on_photo=on_photo)
+            built = build_in(builder, slow, names=NAMES[:2], on_photo=on_photo)
             assert built.jpeg.startswith(b"\xff\xd8")
             elapsed = time.monotonic() - started
             print(f"\nbuilt again after a crash with two photos decoding: {elapsed:.1f} s")
         else:
             with pytest.raises(PhotoUnreadable) as raised:
-                builder.build(slow, names=NAMES[:2], on_photo=on_photo)
+                build_in(builder, slow, names=NAMES[:2], on_photo=on_photo)
             print(f"\n{raised.value.message}")
             assert raised.value.message.startswith(
                 "photo 1 (s3://bucket/a.jpg) cannot be decoded: the decoder crashed (SIGSEGV)"
@@ -231,34 +244,35 @@ def test_a_crash_while_two_photos_decode_is_built_again_one_at_a_time(kills: int
         still_builds(builder)
 
 
-def test_a_size_limit_comes_back_with_the_quality_used(builder: Builder) -> None:
+def test_a_size_limit_comes_back_with_the_quality_used(builder: BuildPool) -> None:
     photos = [noisy_jpeg(600, 800, seed=1), noisy_jpeg(500, 800, seed=2)]
-    full = builder.build(photos)
+    full = build_in(builder, photos)
     assert full.quality == 95
-    limited = builder.build(photos, max_bytes=len(full.jpeg) * 2 // 3, min_quality=50)
+    limited = build_in(builder, photos, max_bytes=len(full.jpeg) * 2 // 3, min_quality=50)
     assert 50 <= limited.quality < 95
     assert len(limited.jpeg) <= len(full.jpeg) * 2 // 3
-    assert limited.jpeg == imaging.build_collage(photos, quality=limited.quality)
+    assert limited.jpeg == build_collage(photos, quality=limited.quality)
     with pytest.raises(
         TooLarge, match=r"even at JPEG quality 90, the lowest allowed; at most 1,000"
     ):
-        builder.build(photos, max_bytes=1000, min_quality=90)
+        build_in(builder, photos, max_bytes=1000, min_quality=90)
     still_builds(builder)
 
 
 def test_photos_decode_ahead_only_while_a_core_is_free(monkeypatch: pytest.MonkeyPatch) -> None:
-    from collage.build_process import BuildProcess
+    from collage.isolation.process import ChildProcess
+    from collage.isolation.protocol import BuildRequest, Built
 
     seen: list[int] = []
-    real_run = BuildProcess.run
+    real_run = ChildProcess.run
 
-    def run(self: BuildProcess, photos: list[bytes], **kwargs: object) -> object:
-        seen.append(kwargs["options"]["ahead_pixels"])  # type: ignore[index]
-        return real_run(self, photos, **kwargs)  # type: ignore[arg-type]
+    def run(self: ChildProcess, request: BuildRequest, **kwargs: object) -> Built:
+        seen.append(request.ahead_pixels)
+        return real_run(self, request, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(BuildProcess, "run", run)
+    monkeypatch.setattr(ChildProcess, "run", run)
     slow = scan_bomb(2000, 2000, repeats=300)  # a second or so: time to start another build
-    with Builder(limits=Limits(max_scans=10**6), processes=2) as builder:
+    with collages.pool(limits=Limits(max_scans=10**6), processes=2) as builder:
         builder._cores = 2
         first, outcome = _build_in_thread(builder, [slow, jpeg(40, 30)])
         deadline = time.monotonic() + 30

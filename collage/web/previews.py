@@ -3,7 +3,7 @@
 Only the keys the SKU's own row names are read: each of its image_urls, mapped and checked as
 the worker maps them (nothing outside S3_ORIGINALS_PREFIX), and its collage key, through
 Bucket's bounded reads. A photo is decoded as the worker decodes it, in the worker's own
-bounded child process (collage.builder): header checks first, then decoding under a CPU and
+bounded child process (collage.isolation): header checks first, then decoding under a CPU and
 memory budget, so a hostile photo costs the console a child process, never the console. The
 collage, which the worker wrote, passes the same header checks and is decoded here, at an
 eighth of its size where possible (JPEG's DCT scaling). Previews are kept in a bounded cache.
@@ -24,16 +24,19 @@ from PIL import Image, ImageCms
 from starlette.requests import Request
 from starlette.responses import Response
 
-from collage import inspection
-from collage.builder import Builder
-from collage.decoding import Limits, decode, open_photo
-from collage.downloads import MAX_PHOTOS
+from collage.db import skus
 from collage.errors import CollageError, OriginalMissing, Transient
-from collage.storage import MAX_OBJECT_BYTES, Bucket, collage_key
+from collage.imaging import JpegTarget, Limits, decode, open_photo
+from collage.isolation.pool import BuildPool
+from collage.isolation.process import Budget
+from collage.storage.bucket import MAX_OBJECT_BYTES, Bucket
+from collage.storage.keys import MAX_PHOTOS, collage_key
 
 PHOTO_BOX = (480, 480)
 COLLAGE_BOX = (4800, 320)  # a 20-photo collage stays legible; the gallery scales it down
 PREVIEW_QUALITY = 85
+# The photo comes back from the build child as a one-photo collage, shrunk here after.
+_DECODED = JpegTarget(quality=90)
 CACHE_BYTES = 64 * 1024 * 1024
 MAX_COLLAGE_BYTES = 2 * MAX_OBJECT_BYTES  # a collage at the canvas limit is far smaller
 CACHE_CONTROL = "private, max-age=86400"  # the URL names the row's version: a change is a new URL
@@ -75,7 +78,7 @@ class Previews:
         self._cache: OrderedDict[tuple[int, str, str], Preview] = OrderedDict()
         self._held = 0
         self._lock = threading.Lock()
-        self._builder: Builder | None = None
+        self._pool: BuildPool | None = None
         self._closed = False
 
     def get(self, row: dict[str, Any], which: str) -> Preview:
@@ -100,9 +103,9 @@ class Previews:
         """Stop the decoding child, if one was started."""
         with self._lock:
             self._closed = True
-            builder, self._builder = self._builder, None
-        if builder is not None:
-            builder.close()
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
 
     def _photo(self, row: dict[str, Any], index: int) -> bytes:
         photo_url = row["image_urls"][index - 1]
@@ -111,7 +114,7 @@ class Previews:
             data = self.bucket.get(key, max_bytes=MAX_OBJECT_BYTES)
             # The worker's own path: a one-photo "collage" at the photo's size, built in a
             # bounded child; what comes back is a plain sRGB JPEG, upright.
-            upright = self._decoder().build([data], quality=90, names=[key]).jpeg
+            upright = self._decoder().build([data], target=_DECODED, names=[key]).jpeg
         except CollageError as exc:
             # The child saw one photo: name it by its place in the SKU, as the worker does.
             raise _refusal(exc, photo=index) from None
@@ -135,14 +138,14 @@ class Previews:
         with image:
             return _shrink(image, COLLAGE_BOX)
 
-    def _decoder(self) -> Builder:
+    def _decoder(self) -> BuildPool:
         with self._lock:
             if self._closed:
                 raise Transient("the console is shutting down")
-            if self._builder is None:
+            if self._pool is None:
                 # One child: previews wait their turn rather than take the machine's memory.
-                self._builder = Builder(processes=1)
-            return self._builder
+                self._pool = BuildPool(budget=Budget.of(), processes=1)
+            return self._pool
 
 
 def preview(request: Request) -> Response:
@@ -150,7 +153,7 @@ def preview(request: Request) -> Response:
     console = request.app.state.console
     which = request.path_params["which"]
     with console.db() as conn:
-        row = inspection.photos_of(conn, request.path_params["product_id"])
+        row = skus.photos_of(conn, request.path_params["product_id"])
     try:
         if row is None:
             raise PreviewError(404, "no such SKU")
