@@ -47,6 +47,11 @@ class Backoff:
             assert failure is not None  # only failures are retried
             on_retry(failure, state.upcoming_sleep)
 
+        async def attempt() -> T:
+            # A coroutine function for tenacity: it would call a lambda returning a coroutine as
+            # a plain function, and never await what it returned.
+            return await step()
+
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(on),
             wait=wait_exponential(multiplier=self.first_s, max=self.max_s),
@@ -55,4 +60,4 @@ class Backoff:
             sleep=sleep,
             reraise=True,
         )
-        return await retrying(step)
+        return await retrying(attempt)

@@ -16,7 +16,8 @@ from importlib import resources
 import psycopg
 from starlette.testclient import TestClient
 
-from collage.db import migrate
+from collage import db
+from collage.db import failures, jobs, migrate, skus
 from collage.settings import Settings
 from collage.web.app import create_app
 from dev import sandbox
@@ -179,13 +180,13 @@ def time_pages(
 def time_queries(dsn: str, *, rounds: int) -> dict[str, list[float]]:
     """Milliseconds of each query the overview makes, for where a slow page spends its time."""
     queries: dict[str, Callable[[psycopg.Connection], object]] = {
-        "summary (collage_queue_summary)": inspection.summary,
-        "throughput, 24 h": inspection.throughput,
-        "error groups": inspection.error_groups,
-        "latest collages": inspection.latest_collages,
+        "summary (collage_queue_summary)": jobs.summary,
+        "throughput, 24 h": failures.throughput,
+        "error groups": failures.error_groups,
+        "latest collages": skus.latest_collages,
     }
     timings: dict[str, list[float]] = {}
-    with inspection.connect(dsn) as conn:
+    with db.connect_dicts(dsn) as conn:
         for label, query in queries.items():
             query(conn)
             timings[label] = []

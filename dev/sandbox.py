@@ -13,7 +13,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -33,16 +33,33 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until(check: Callable[[], bool], *, timeout: float, what: str) -> None:
-    """Poll `check` until it is true; fail with `what` when the deadline passes."""
-    deadline = time.monotonic() + timeout
+def wait_until(
+    check: Callable[[], bool],
+    *,
+    timeout: float,
+    what: str,
+    every: float = 0.02,
+    explain: Callable[[], str] | None = None,
+) -> float:
+    """Poll `check` until it is true and return the seconds it took.
+
+    An exception from `check` means "not yet" (a connection refused, a row not there yet), but
+    an AssertionError ends the wait at once: the check knows it will never be true (a process
+    died). Past the deadline, TimeoutError names `what`, and what `explain` says then.
+    """
+    started = time.monotonic()
     while True:
-        with suppress(Exception):
+        try:
             if check():
-                return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.02)
+                return time.monotonic() - started
+        except AssertionError:
+            raise
+        except Exception:  # noqa: S110 - not ready yet
+            pass
+        if time.monotonic() - started > timeout:
+            told = f"\n{explain()}" if explain is not None else ""
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}{told}")
+        time.sleep(every)
 
 
 def with_dbname(dsn: str, dbname: str) -> str:

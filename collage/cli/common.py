@@ -61,7 +61,7 @@ def database_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-class Duration(click.ParamType):
+class Duration(click.ParamType[timedelta]):
     """A duration such as 45s, 30m, 2h or 7d."""
 
     name = "duration"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -16,21 +17,21 @@ from collage.cli.common import (
     load_database,
     table,
 )
-from collage.db import controls, jobs, skus
+from collage.db import controls, failures, jobs, skus
 
 
 @click.command("jobs")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document, for scripts.")
-@click.option("--failures", type=click.IntRange(0), default=10, show_default=True)
+@click.option("--failures", "failure_count", type=click.IntRange(0), default=10, show_default=True)
 @database_errors
-def jobs_command(as_json: bool, failures: int) -> None:
+def jobs_command(as_json: bool, failure_count: int) -> None:
     """Show the queue at a glance: counts, oldest waiting, running, failures, stalled."""
     database = load_database()
     with db.connect_dicts(database.url) as conn:
-        report = {
+        report: dict[str, Any] = {
             "summary": jobs.summary(conn),
             "running": jobs.running(conn),
-            "recent_failures": failures.recent_failures(conn, limit=failures),
+            "recent_failures": failures.recent_failures(conn, limit=failure_count),
             "stalled": jobs.stalled(conn),
             "pauses": controls.pauses(conn),
         }

@@ -188,14 +188,13 @@ def resume(conn: psycopg.Connection[Row], brand: str | None) -> int:
 
 def pauses(conn: psycopg.Connection[Row]) -> list[Row]:
     """Every pause in force, with who paused it and how many builds it holds back."""
-    return conn.execute(
-        "SELECT s.scope, s.paused_at, s.paused_by, s.reason,"
-        " (SELECT count(*) FROM procrastinate_jobs j WHERE j.status = 'todo'"
-        "   AND j.scheduled_at = 'infinity' AND j.task_name = %s"
-        "   AND (s.scope = '*' OR j.args ->> 'brand' = s.scope)) AS held"
-        " FROM collage_pauses s ORDER BY s.scope",
-        [BUILD_TASK],
-    ).fetchall()
+    held = """
+        SELECT count(*) FROM procrastinate_jobs j
+         WHERE j.status = 'todo' AND j.scheduled_at = 'infinity' AND j.task_name = %s
+           AND (s.scope = '*' OR j.args ->> 'brand' = s.scope)
+    """
+    query = f"SELECT s.*, ({held}) AS held FROM collage_pauses s ORDER BY s.scope"
+    return conn.execute(query, [BUILD_TASK]).fetchall()
 
 
 def _containing(text: str | None) -> str | None:

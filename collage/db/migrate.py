@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from importlib import metadata, resources
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -167,7 +168,7 @@ def _take_lock(conn: psycopg.Connection) -> None:
     the migration holding the lock would wait for: a deadlock. Polling avoids it.
     """
     waiting_logged = False
-    while not conn.execute("SELECT pg_try_advisory_lock(%s)", [ADVISORY_LOCK_KEY]).fetchone()[0]:
+    while not _scalar(conn, "SELECT pg_try_advisory_lock(%s)", [ADVISORY_LOCK_KEY]):
         if not waiting_logged:
             logger.info("another migration is running; waiting", extra={"action": "migrate"})
             waiting_logged = True
@@ -215,7 +216,7 @@ def _index_is_invalid(conn: psycopg.Connection, name: str) -> bool:
 
 def _refuse_edited(conn: psycopg.Connection, migrations: list[Migration]) -> None:
     """Stop when an applied file has changed: its change would never reach the database."""
-    recorded = dict(
+    recorded: dict[str, str] = dict(
         conn.execute("SELECT name, sha256 FROM collage_migrations WHERE sha256 IS NOT NULL")
     )
     edited = [m.name for m in migrations if recorded.get(m.name, m.sha256()) != m.sha256()]
@@ -251,3 +252,8 @@ def _procrastinate_version() -> str:
 
 def _schema_name() -> str:
     return f"{PROCRASTINATE_PREFIX}schema-{_procrastinate_version()}"
+
+
+def _scalar(conn: psycopg.Connection[Any], query: str, params: list[object]) -> object:
+    row = conn.execute(query, params).fetchone()
+    return row[0] if row else None

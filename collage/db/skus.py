@@ -9,6 +9,7 @@ from collage.db.connect import Row
 
 def find_product(conn: psycopg.Connection[Row], ref: str) -> Row | None:
     """Find a SKU by id or by BRAND/EXTERNAL_ID."""
+    params: list[object]
     if ref.isdigit():
         query, params = "SELECT * FROM collage_sku_jobs WHERE product_id = %s", [int(ref)]
     elif "/" in ref:
@@ -33,6 +34,7 @@ _SEARCH = {
 def search_products(conn: psycopg.Connection[Row], text: str, *, limit: int = 50) -> list[Row]:
     """Find SKUs by id, BRAND/EXTERNAL_ID, or an external_id alone (any brand), exactly."""
     text = text.strip()
+    params: dict[str, object]
     if text.isascii() and text.isdigit():
         kind, params = "id", {"id": int(text) if len(text) < 19 else -1}
     elif "/" in text:

@@ -51,7 +51,7 @@ def clean_aperture(data: bytes, size: tuple[int, int]) -> tuple[int, int, int, i
         return None
     if left < 0 or top < 0 or left + width > full_width or top + height > full_height:
         return None
-    if (width, height) == (full_width, full_height):
+    if width == full_width and height == full_height:
         return None
     return int(left), int(top), int(left + width), int(top + height)
 

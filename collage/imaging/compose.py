@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -137,7 +138,7 @@ def _join(
             on_decode(i + 1, False)
         pending[i] = pool.submit(decode, photo, srgb)
         if on_decode is not None:
-            pending[i].add_done_callback(lambda _, index=i + 1: on_decode(index, True))
+            pending[i].add_done_callback(functools.partial(_decoded, on_decode, i + 1))
 
     x = 0
     try:
@@ -174,6 +175,10 @@ def _join(
         raise
     pool.shutdown()
     return collage
+
+
+def _decoded(on_decode: Callable[[int, bool], object], index: int, _: Future[Image.Image]) -> None:
+    on_decode(index, True)
 
 
 def check_names(photos: Sequence[bytes], names: Sequence[str] | None) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import cache
 from types import ModuleType
 
-from PIL import ExifTags, Image, ImageCms, ImageFile
+from PIL import ExifTags, Image, ImageCms, ImageFile, UnidentifiedImageError
 
 from collage.errors import PhotoUnreadable, TooLarge, one_line
 from collage.imaging.avif import clean_aperture
@@ -129,7 +129,7 @@ def open_photo(data: bytes, label: str, limits: Limits) -> Photo:
         ) from exc
     except MemoryError:
         raise
-    except Image.UnidentifiedImageError:
+    except UnidentifiedImageError:
         if (recognised := _recognised_as(data)) is not None:
             fmt, reason = recognised
             raise PhotoUnreadable(f"{label} is a {fmt} that cannot be read: {reason}") from None
@@ -171,7 +171,7 @@ def _recognised_as(data: bytes) -> tuple[str, str] | None:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                factory(io.BytesIO(data)).close()
+                factory(io.BytesIO(data), "").close()
         except Exception as exc:
             return fmt, one_line(exc)
         return None
@@ -217,7 +217,7 @@ def decode(photo: Photo, srgb: ImageCms.ImageCmsProfile) -> Image.Image:
     """Decode a photo into 8-bit sRGB, upright and flattened on white, as a browser shows it."""
     try:
         photo.image.load()
-        image = photo.image
+        image: Image.Image = photo.image
         if photo.crop is not None:  # MIAF's order: the clean aperture, then the turn
             image = image.crop(photo.crop)
             photo.image.close()
@@ -261,7 +261,9 @@ def _to_srgb(image: Image.Image, srgb: ImageCms.ImageCmsProfile) -> Image.Image:
     if transform is not None and image.mode == "RGB":
         ImageCms.applyTransform(image, transform, inPlace=True)
     elif transform is not None:
-        image = ImageCms.applyTransform(image, transform)
+        converted = ImageCms.applyTransform(image, transform)
+        assert converted is not None  # only inPlace=True returns None
+        image = converted
     elif image.mode != "RGB":
         image = image.convert("RGB")  # CMYK without a profile: ink multiplied, as browsers do
     if alpha is None:

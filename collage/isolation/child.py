@@ -17,22 +17,9 @@ from typing import IO
 
 from collage import imaging
 from collage.errors import CollageError, PhotoUnreadable, one_line
-from collage.isolation.protocol import (
-    Bug,
-    BuildRequest,
-    Built,
-    Decoded,
-    Decoding,
-    Failed,
-    Frame,
-    OutOfMemory,
-    PhotoStarted,
-    Ready,
-    read_request,
-    write_frame,
-)
+from collage.isolation import protocol
 
-Send = Callable[[Frame], None]
+Send = Callable[[protocol.Frame], None]
 
 
 def main() -> None:
@@ -47,12 +34,12 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # a stray print must not corrupt the frames
-    write_frame(stdout, Ready())
-    while (request := read_request(stdin)) is not None:
+    protocol.write_frame(stdout, protocol.Ready())
+    while (request := protocol.read_request(stdin)) is not None:
         _serve(request, stdout, cpu_s)
 
 
-def _serve(request: BuildRequest, stdout: IO[bytes], cpu_s: float) -> None:
+def _serve(request: protocol.BuildRequest, stdout: IO[bytes], cpu_s: float) -> None:
     start = _cpu_s()
     # RLIMIT_CPU counts the process's whole life: past start + budget the kernel sends SIGXCPU,
     # whose default action ends the child even inside a C decoder. The hard limit stays open
@@ -63,16 +50,16 @@ def _serve(request: BuildRequest, stdout: IO[bytes], cpu_s: float) -> None:
     current: list[str] = []
     lock = threading.Lock()  # photos are reported decoded from the decoding threads
 
-    def send(frame: Frame) -> None:
+    def send(frame: protocol.Frame) -> None:
         with lock:
-            write_frame(stdout, frame)
+            protocol.write_frame(stdout, frame)
 
     def on_photo(index: int, label: str) -> None:
         current[:] = [label]
-        send(PhotoStarted(index, label))
+        send(protocol.PhotoStarted(index, label))
 
     def on_decode(index: int, done: bool) -> None:
-        send(Decoded(index) if done else Decoding(index))
+        send(protocol.Decoding(index, done))
 
     try:
         built = imaging.build(
@@ -89,18 +76,18 @@ def _serve(request: BuildRequest, stdout: IO[bytes], cpu_s: float) -> None:
     except PhotoUnreadable as exc:
         if _webp_past_budget(request, exc):
             _out_of_memory(send, exc.message.split(" cannot ")[0], _cpu_s() - start)
-        send(Failed(type(exc).__name__, exc.message))
+        send(protocol.Failed(type(exc).__name__, exc.message))
     except CollageError as exc:
-        send(Failed(type(exc).__name__, exc.message))
+        send(protocol.Failed(type(exc).__name__, exc.message))
     except Exception as exc:  # OpenCV says "Insufficient memory" in its own exception type
         if "memory" in str(exc).lower():
             _out_of_memory(send, _last(current), _cpu_s() - start)
-        send(Bug(f"{type(exc).__name__}: {one_line(exc)}"))
+        send(protocol.Failed(None, f"{type(exc).__name__}: {one_line(exc)}"))
     else:
-        send(Built(built.jpeg, built.quality, _cpu_s() - start, status("VmHWM")))
+        send(protocol.Built(built.jpeg, built.quality, _cpu_s() - start, status("VmHWM")))
 
 
-def _webp_past_budget(request: BuildRequest, exc: PhotoUnreadable) -> bool:
+def _webp_past_budget(request: protocol.BuildRequest, exc: PhotoUnreadable) -> bool:
     """Tell a WebP whose canvas did not fit in the budget from a broken one.
 
     libwebp reports a failed allocation as a decoder it could not create.
@@ -122,7 +109,7 @@ def _last(current: list[str]) -> str | None:
 
 
 def _out_of_memory(send: Send, label: str | None, cpu_s: float) -> None:
-    send(OutOfMemory(label, cpu_s, status("VmHWM")))
+    send(protocol.OutOfMemory(label, cpu_s, status("VmHWM")))
     os._exit(3)  # whatever failed to allocate may have left the heap in pieces: start afresh
 
 

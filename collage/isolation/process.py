@@ -20,10 +20,8 @@ from collage import errors
 from collage.errors import CollageError, OverBudget, PhotoUnreadable, Transient
 from collage.isolation.protocol import (
     MIB,
-    Bug,
     BuildRequest,
     Built,
-    Decoded,
     Decoding,
     Failed,
     Frame,
@@ -134,14 +132,14 @@ class ChildProcess:
                 self.told = (index, label)
                 if on_photo is not None:
                     on_photo(index, label)
-            case Decoding(index) if self.told is not None:
+            case Decoding(index, done=False) if self.told is not None:
                 self.decoding[index] = self.told[1]
-            case Decoded(index):
+            case Decoding(index, done=True):
                 self.decoding.pop(index, None)
-            case Failed(error_class, message):
+            case Failed(None, message):
+                raise RuntimeError(message)  # a bug in the child
+            case Failed(str(error_class), message):
                 raise _error_class(error_class)(message)
-            case Bug(message):
-                raise RuntimeError(message)
             case OutOfMemory(label, cpu_s, peak):
                 raise OverBudget(
                     f"{label or 'the collage'} needs more than {self.budget.memory_bytes // MIB:,}"

@@ -47,16 +47,10 @@ class PhotoStarted:
 
 @dataclass(frozen=True)
 class Decoding:
-    """A photo's decoding begins: if the child dies now, that photo is the suspect."""
+    """A photo's decoding begins (a suspect, should the child die now) or has ended."""
 
     index: int
-
-
-@dataclass(frozen=True)
-class Decoded:
-    """A photo's decoding has ended."""
-
-    index: int
+    done: bool
 
 
 @dataclass(frozen=True)
@@ -71,16 +65,9 @@ class Built:
 
 @dataclass(frozen=True)
 class Failed:
-    """The photos cannot make a collage: a CollageError, by class name and message."""
+    """The build failed: a CollageError by class name, or None for a bug; one line."""
 
-    error_class: str
-    message: str
-
-
-@dataclass(frozen=True)
-class Bug:
-    """An unexpected exception in the child, on one line."""
-
+    error_class: str | None
     message: str
 
 
@@ -93,7 +80,7 @@ class OutOfMemory:
     peak_rss: int
 
 
-Frame = Ready | PhotoStarted | Decoding | Decoded | Built | Failed | Bug | OutOfMemory
+Frame = Ready | PhotoStarted | Decoding | Built | Failed | OutOfMemory
 
 
 def write_frame(pipe: IO[bytes], message: BuildRequest | Frame) -> None:

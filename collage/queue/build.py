@@ -13,6 +13,7 @@ from procrastinate import JobContext
 
 from collage.constants import BUILD_TASK, QUEUE
 from collage.db import products
+from collage.db.outcomes import Outcome
 from collage.db.products import Product
 from collage.errors import CollageError
 from collage.queue import metrics, settle
@@ -64,7 +65,7 @@ async def build(
         if isinstance(result, Made):
             reporter.say("uploading the collage")
 
-        async def decide() -> settle.Outcome:
+        async def decide() -> Outcome:
             async with connection(context) as conn:
                 return await settle.settle(
                     conn,
@@ -87,7 +88,7 @@ async def build(
     settle.report(
         outcome, product, attempt=attempt, made=result if isinstance(result, Made) else None
     )
-    return outcome.outcome
+    return str(outcome.outcome)
 
 
 async def read_product(context: JobContext, product_id: int) -> Product | None:

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Concatenate, ParamSpec, TypeVar
 
 from procrastinate import JobContext
+from procrastinate.tasks import Task
 from psycopg import AsyncConnection
 
 from collage.constants import (
@@ -28,6 +30,8 @@ from collage.queue.app import app
 from collage.queue.resources import connection, resources_of
 
 logger = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 # The hourly retry of errored SKUs.
 RETRY_COOLDOWN_S = 3600
@@ -37,22 +41,24 @@ RETENTION_HOURS = 24 * 14
 SCRATCH_MAX_AGE_S = 24 * 3600
 
 
-def _maintenance(name: str) -> dict[str, Any]:
-    """Options of a periodic task: ahead of builds, and one waiting at most.
+def _maintenance(
+    name: str,
+) -> Callable[[Callable[Concatenate[JobContext, P], R]], Task[Concatenate[JobContext, P], R, P]]:
+    """Declare a periodic task: ahead of builds, and one waiting at most.
 
     A tick that finds the previous one still waiting is dropped.
     """
-    return {
-        "name": name,
-        "queue": QUEUE,
-        "queueing_lock": name,
-        "priority": MAINTENANCE_PRIORITY,
-        "pass_context": True,
-    }
+    return app.task(
+        name=name,
+        queue=QUEUE,
+        queueing_lock=name,
+        priority=MAINTENANCE_PRIORITY,
+        pass_context=True,
+    )
 
 
 @app.periodic(cron="*/15 * * * *")
-@app.task(**_maintenance(SWEEP_TASK))
+@_maintenance(SWEEP_TASK)
 async def sweep(context: JobContext, timestamp: int | None = None) -> list[int]:
     """Queue 'uploaded' SKUs that have no job, and log the batch to scraper_logs."""
     resources = resources_of(context)
@@ -70,7 +76,7 @@ async def run_sweep(conn: AsyncConnection, *, limit: int) -> list[int]:
 
 
 @app.periodic(cron="30 * * * *")
-@app.task(**_maintenance(RETRY_ERRORS_TASK))
+@_maintenance(RETRY_ERRORS_TASK)
 async def retry_errors(context: JobContext, timestamp: int | None = None) -> list[int]:
     """Give errored SKUs another round after a cool-down, a few rounds at most."""
     async with connection(context) as conn:
@@ -82,7 +88,7 @@ async def retry_errors(context: JobContext, timestamp: int | None = None) -> lis
 
 
 @app.periodic(cron="* * * * *")
-@app.task(**_maintenance(RESCUE_TASK))
+@_maintenance(RESCUE_TASK)
 async def rescue_stalled(context: JobContext, timestamp: int | None = None) -> list[int]:
     """Take back the jobs of dead workers (every worker also does it every few seconds).
 
@@ -94,7 +100,7 @@ async def rescue_stalled(context: JobContext, timestamp: int | None = None) -> l
 
 
 @app.periodic(cron="0 4 * * *")
-@app.task(**_maintenance(CLEANUP_TASK))
+@_maintenance(CLEANUP_TASK)
 async def cleanup(context: JobContext, timestamp: int | None = None) -> int:
     """Delete day-old scratch files and prune finished jobs and outcomes past retention."""
     resources = resources_of(context)

@@ -67,23 +67,20 @@ class Bucket:
 
     def key_for(self, url: object) -> str:
         """Map a photo URL from a row to a key in this bucket; refuse anything else."""
-        return key_for_url(
-            url,
-            bucket=self.name,
-            endpoint=self.endpoint,
-            public_url=self.public_url,
-            prefix=self.originals_prefix,
-        )
+        return key_for_url(url, **self._addresses())
 
     def photo_keys(self, image_urls: object) -> list[str]:
         """Check a row's image_urls and map every URL to a key, before anything is fetched."""
-        return photo_keys(
-            image_urls,
-            bucket=self.name,
-            endpoint=self.endpoint,
-            public_url=self.public_url,
-            prefix=self.originals_prefix,
-        )
+        return photo_keys(image_urls, **self._addresses())
+
+    def _addresses(self) -> dict[str, str]:
+        """How rows may address this bucket's originals."""
+        return {
+            "bucket": self.name,
+            "endpoint": self.endpoint,
+            "public_url": self.public_url,
+            "prefix": self.originals_prefix,
+        }
 
     def get(
         self, key: str, *, max_bytes: int = MAX_OBJECT_BYTES, budget: ByteBudget | None = None

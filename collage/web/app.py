@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import jinja2
 import psycopg
@@ -15,23 +13,19 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
-from starlette.requests import Request
-from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from collage.db.connect import OPTIONS
+from collage.db.connect import OPTIONS, Row
 from collage.settings import Settings
 from collage.storage import Bucket
 from collage.web import auth, controls, pages, previews
-from collage.web.previews import Previews
+from collage.web.console import Console
 
 # Pages are read by one operator or a few: a handful of connections, never a pool's worth.
 POOL_MAX = 4
-POOL_WAIT_S = 5.0
-NO_STORE = {"cache-control": "no-store"}
 # The browser may run nothing but the console's own script, load nothing from elsewhere, and
 # show the console in no frame (clickjacking an unlocked session).
 SECURITY_HEADERS = {
@@ -45,46 +39,11 @@ SECURITY_HEADERS = {
 }
 
 
-@dataclass
-class Console:
-    """What every handler uses: the settings, the database pool, the previews, the templates."""
-
-    settings: Settings
-    pool: ConnectionPool
-    previews: Previews
-    templates: Jinja2Templates
-
-    @contextlib.contextmanager
-    def db(self, *, wait_s: float = POOL_WAIT_S) -> Iterator[psycopg.Connection[dict[str, Any]]]:
-        """Lend a pooled autocommit connection whose rows are dicts."""
-        with self.pool.connection(timeout=wait_s) as conn:
-            yield conn
-
-    @property
-    def actions_enabled(self) -> bool:
-        return self.settings.web_token is not None
-
-    def render(
-        self, request: Request, name: str, context: dict[str, Any], *, status: int = 200
-    ) -> Response:
-        """Render a page with what every page shows: the session, its CSRF token, a message."""
-        base = {
-            "actions_enabled": self.actions_enabled,
-            "who": auth.who(request),
-            "csrf": auth.csrf_token(request),
-            "flash": request.session.pop("flash", None),
-            "path": request.url.path + (f"?{request.url.query}" if request.url.query else ""),
-        }
-        # Pages hold the session's CSRF token and the queue as it was: never kept by a cache.
-        return self.templates.TemplateResponse(
-            request, name, {**base, **context}, status_code=status, headers=NO_STORE
-        )
-
-
 def create_app(settings: Settings, *, made: previews.Previews | None = None) -> Starlette:
     """Build the console for these settings; nothing connects until the app starts."""
     pool = ConnectionPool(
         settings.db_url,
+        connection_class=psycopg.Connection[Row],
         kwargs={**OPTIONS, "autocommit": True, "row_factory": dict_row},
         min_size=1,
         max_size=POOL_MAX,

@@ -12,9 +12,13 @@ import hashlib
 import hmac
 import re
 import secrets
+from typing import TYPE_CHECKING, cast
 
 from starlette.datastructures import FormData
 from starlette.requests import Request
+
+if TYPE_CHECKING:
+    from collage.web.console import Console
 
 SESSION_COOKIE = "collage_console"
 SESSION_MAX_AGE_S = 12 * 3600
@@ -61,7 +65,7 @@ def valid_name(text: str) -> str | None:
 
 def token_matches(request: Request, given: object) -> bool:
     """Compare a token given in a form with WEB_TOKEN, in constant time."""
-    expected = request.app.state.console.settings.web_token
+    expected = _console(request).settings.web_token
     return (
         expected is not None
         and isinstance(given, str)
@@ -71,7 +75,7 @@ def token_matches(request: Request, given: object) -> bool:
 
 async def checked_form(request: Request, *, unlocked: bool = True) -> FormData:
     """Read a POSTed form after checking it may act: actions on, same site, CSRF, unlocked."""
-    if not request.app.state.console.actions_enabled:
+    if not _console(request).actions_enabled:
         raise Refused(403, "actions are disabled: WEB_TOKEN is not set")
     # Browsers say where a request comes from; a cross-site one is never an operator's click.
     if request.headers.get("sec-fetch-site", "same-origin") not in {"same-origin", "none"}:
@@ -95,3 +99,8 @@ async def checked_form(request: Request, *, unlocked: bool = True) -> FormData:
 def new_csrf_token(request: Request) -> None:
     """Give the session a fresh CSRF token (as it is unlocked or locked)."""
     request.session["csrf"] = secrets.token_urlsafe(32)
+
+
+def _console(request: Request) -> Console:
+    # console.py renders with this module's helpers: imported for its type only.
+    return cast("Console", request.app.state.console)

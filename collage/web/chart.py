@@ -51,9 +51,10 @@ def throughput(hours: Sequence[dict[str, Any]]) -> Chart:
     slot = WIDTH / max(len(hours), 1)
     bars = []
     for n, hour in enumerate(hours):
-        top, segments = baseline, []
+        top: float = baseline
+        segments = []
         for name, kind in SERIES:
-            size = baseline * int(hour[name]) / peak if peak else 0.0
+            size: float = baseline * int(hour[name]) / peak if peak else 0.0
             if size > 0:
                 # A single event still shows: at least one unit high.
                 size = max(size, 1.0)

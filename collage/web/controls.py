@@ -18,6 +18,7 @@ from starlette.responses import RedirectResponse, Response
 
 from collage.db import controls, failures
 from collage.web import auth
+from collage.web.console import console_of
 
 logger = logging.getLogger(__name__)
 MAX_IDS = 1000  # SKUs named one by one in one form
@@ -48,17 +49,19 @@ async def lock(request: Request) -> Response:
     return _back(request, form, "actions locked")
 
 
+# What each action on a selection does to an error group: its SKUs in this state, and the news.
+_ON_GROUPS = {
+    "requeue": ("error", "requeued {done} of {selected} SKU(s) selected"),
+    "cancel": ("retrying", "cancelled the builds of {done} of {selected} SKU(s) selected"),
+}
+
+
 async def requeue(request: Request) -> Response:
     """Put SKUs back in the queue: those named (errored or cancelled), or an error group's."""
     form = await auth.checked_form(request)
     status = "cancelled" if form.get("status") == "cancelled" else "error"
     return await _on_selection(
-        request,
-        form,
-        "requeue",
-        state="error",
-        apply=lambda conn, chosen: controls.requeue(conn, chosen, status=status),
-        done="requeued {done} of {selected} SKU(s) selected",
+        request, form, "requeue", lambda conn, ids: controls.requeue(conn, ids, status=status)
     )
 
 
@@ -67,27 +70,17 @@ async def cancel(request: Request) -> Response:
     form = await auth.checked_form(request)
     by = _by(request)
     return await _on_selection(
-        request,
-        form,
-        "cancel",
-        state="retrying",
-        apply=lambda conn, chosen: controls.cancel(conn, chosen, by=by),
-        done="cancelled the builds of {done} of {selected} SKU(s) selected",
+        request, form, "cancel", lambda conn, ids: controls.cancel(conn, ids, by=by)
     )
 
 
 async def _on_selection(
-    request: Request,
-    form: Any,
-    action: str,
-    *,
-    state: str,
-    apply: Callable[[Any, list[int]], Iterable[int]],
-    done: str,
+    request: Request, form: Any, action: str, apply: Callable[[Any, list[int]], Iterable[int]]
 ) -> Response:
-    """Apply an action to the SKUs a form names, or to an error group's SKUs in `state`."""
+    """Apply an action to the SKUs a form names, or to an error group's SKUs."""
+    state, done = _ON_GROUPS[action]
     ids, scope = _selection(form)
-    console = request.app.state.console
+    console = console_of(request)
 
     def run() -> tuple[int, int]:
         with console.db() as conn:
@@ -104,7 +97,7 @@ async def pause(request: Request) -> Response:
     form = await auth.checked_form(request)
     brand = str(form.get("brand") or "").strip()[:50] or None
     reason = str(form.get("reason") or "").strip()[:200] or None
-    console = request.app.state.console
+    console = console_of(request)
     by = _by(request)
 
     def run() -> int:
@@ -124,7 +117,7 @@ async def resume(request: Request) -> Response:
     scope = str(form.get("scope") or "").strip()[:50]
     if not scope:
         raise auth.Refused(400, "name the pause to end: a brand, or * for every brand")
-    console = request.app.state.console
+    console = console_of(request)
     brand = None if scope == controls.EVERYTHING else scope
 
     def run() -> int:
@@ -175,7 +168,7 @@ async def refused(request: Request, exc: Exception) -> Response:
     """Answer a refused request with its reason, as a page, and log it."""
     assert isinstance(exc, auth.Refused)
     _log(request, request.url.path.rsplit("/", 1)[-1], refused=exc.reason, who=auth.who(request))
-    console = request.app.state.console
+    console = console_of(request)
     return console.render(
         request, "refused.html", {"status": exc.status, "reason": exc.reason}, status=exc.status
     )

@@ -23,6 +23,7 @@ from collage.db import controls, failures, jobs, skus
 from collage.errors import CollageError
 from collage.storage.keys import MAX_PHOTOS
 from collage.web import chart, previews
+from collage.web.console import console_of
 
 logger = logging.getLogger(__name__)
 GALLERY_STRIP = 12  # latest collages on the overview
@@ -37,7 +38,7 @@ async def overview(request: Request) -> Response:
     Its queries run at once, each on a connection of its own: the page takes as long as the
     slowest (the queue summary), not as long as all of them.
     """
-    console = request.app.state.console
+    console = console_of(request)
 
     def read(*queries: Callable[[Any], Any]) -> list[Any]:
         with console.db() as conn:
@@ -68,7 +69,7 @@ async def overview(request: Request) -> Response:
 
 def search(request: Request) -> Response:
     """Find SKUs by id, BRAND/EXTERNAL_ID or external_id; one match opens its page."""
-    console = request.app.state.console
+    console = console_of(request)
     text = request.query_params.get("q", "").strip()[:200]
     rows = []
     if text:
@@ -81,7 +82,7 @@ def search(request: Request) -> Response:
 
 def sku(request: Request) -> Response:
     """One SKU: its photos and collage as previews, its row, its jobs and its outcomes."""
-    console = request.app.state.console
+    console = console_of(request)
     product_id = request.path_params["product_id"]
     with console.db() as conn:
         row = skus.product(conn, product_id)
@@ -106,7 +107,7 @@ def sku(request: Request) -> Response:
 
 def gallery(request: Request) -> Response:
     """The latest collages, large enough to check panels are upright, in order, colour-true."""
-    console = request.app.state.console
+    console = console_of(request)
     before = request.query_params.get("before", "")
     with console.db() as conn:
         rows = skus.latest_collages(
@@ -126,7 +127,7 @@ def gallery(request: Request) -> Response:
 
 def healthz(request: Request) -> Response:
     """200 when the database answers, 503 when it does not."""
-    console = request.app.state.console
+    console = console_of(request)
     try:
         with console.db(wait_s=HEALTH_WAIT_S) as conn:
             db.ping(conn)
@@ -139,7 +140,7 @@ def healthz(request: Request) -> Response:
 def unavailable(request: Request, exc: Exception) -> Response:
     """Answer 503, with a page saying so, while the database cannot be reached."""
     logger.warning("console: database unavailable", extra={"error": type(exc).__name__})
-    console = request.app.state.console
+    console = console_of(request)
     reason = "the database does not answer; this page will work again once it does"
     return console.render(request, "refused.html", {"status": 503, "reason": reason}, status=503)
 

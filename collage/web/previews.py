@@ -31,6 +31,7 @@ from collage.isolation.pool import BuildPool
 from collage.isolation.process import Budget
 from collage.storage.bucket import MAX_OBJECT_BYTES, Bucket
 from collage.storage.keys import MAX_PHOTOS, collage_key
+from collage.web.console import console_of
 
 PHOTO_BOX = (480, 480)
 COLLAGE_BOX = (4800, 320)  # a 20-photo collage stays legible; the gallery scales it down
@@ -150,7 +151,7 @@ class Previews:
 
 def preview(request: Request) -> Response:
     """GET /preview/{product_id}/{collage|photo-N}: a JPEG, or an SVG saying why not."""
-    console = request.app.state.console
+    console = console_of(request)
     which = request.path_params["which"]
     with console.db() as conn:
         row = skus.photos_of(conn, request.path_params["product_id"])

@@ -14,13 +14,7 @@ from collage.web.app import create_app
 from dev.browser import Server
 from dev.photos import jpeg, solid_jpeg
 from tests.support.console import TOKEN
-from tests.support.skus import StartWorker, add_product, upload, wait_settled
-
-
-def status_of(db: psycopg.Connection, pid: int) -> str:
-    row = db.execute("SELECT image_status FROM raw_products WHERE id = %s", [pid]).fetchone()
-    assert row
-    return str(row[0])
+from tests.support.skus import StartWorker, add_product, final_state, status_of, upload
 
 
 def loaded_widths(page: Any, selector: str) -> list[int]:
@@ -45,8 +39,8 @@ def test_an_operator_finds_a_sku_sees_its_previews_and_requeues_an_errored_one(
     missing = [f"s3://{settings.s3_bucket}/originals/b/gone.jpg"]
     broken = add_product(db, missing, brand="zara", external_id="BR-2")
     worker = start_worker(settings)
-    assert wait_settled(db, good)[0] == "collage_ready"
-    assert wait_settled(db, broken)[0] == "error"
+    assert final_state(db, good)[0] == "collage_ready"
+    assert final_state(db, broken)[0] == "error"
     worker.stop()  # the requeued SKU must stay 'uploaded' for the check below
 
     with Server(create_app(settings.replace(web_token=TOKEN))) as server:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dev import sandbox
+
 ROOT = Path(__file__).resolve().parents[2]
 HOST_CA_GLOB = "/usr/local/share/ca-certificates/*.crt"
 SCRATCH = "/tmp/collage"
@@ -32,23 +34,8 @@ HARDENED = (
 
 
 def wait_for(check: Callable[[], bool], *, timeout: float, what: str) -> float:
-    """Poll `check` until true and return the seconds it took; an AssertionError ends it at once.
-
-    Like dev.sandbox.wait_until, but a container that died says so now, not at the deadline.
-    """
-    started = time.monotonic()
-    while True:
-        try:
-            if check():
-                return time.monotonic() - started
-        except AssertionError:
-            raise
-        except Exception:  # not ready yet (a connection refused, a state not there yet)
-            time.sleep(0.1)
-            continue
-        if time.monotonic() - started > timeout:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.1)
+    """sandbox.wait_until at a pace fit for docker commands: each poll starts a process."""
+    return sandbox.wait_until(check, timeout=timeout, what=what, every=0.1)
 
 
 class DockerError(RuntimeError):

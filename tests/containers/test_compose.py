@@ -25,7 +25,8 @@ from dev import sandbox
 from dev.photos import solid_jpeg
 from tests.containers import engine
 from tests.containers.conftest import Figure
-from tests.support.processes import BLUE, LISTEN_PICKUP_S, RED
+from tests.support.pictures import BLUE, RED
+from tests.support.queue import LISTEN_PICKUP_S
 
 FILES = ("-f", "compose.yml", "-f", "compose.local.yml")
 

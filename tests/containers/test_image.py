@@ -22,19 +22,12 @@ from dev.photos import solid_jpeg
 from tests.conftest import FaultyS3
 from tests.containers import engine
 from tests.containers.conftest import Figure
-from tests.support.processes import (
-    BLUE,
-    LISTEN_PICKUP_S,
-    RED,
-    Db,
-    build_jobs_in,
-    doing_jobs,
-    pickup_delay_s,
-    statuses,
-    wait_settled,
-)
+from tests.support.db import Db
+from tests.support.pictures import BLUE, RED
+from tests.support.queue import LISTEN_PICKUP_S, build_jobs_in, doing_jobs, pickup_delay_s
 from tests.support.s3proxy import SlowGets
-from tests.support.skus import env_of
+from tests.support.skus import statuses, wait_settled
+from tests.support.workers import env_of
 
 pytestmark = pytest.mark.slow
 

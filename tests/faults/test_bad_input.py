@@ -8,15 +8,10 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from dev.photos import jpeg, solid_jpeg
-from tests.support.processes import (
-    RED,
-    Db,
-    Rig,
-    add_products,
-    png_header_only,
-    statuses,
-    wait_settled,
-)
+from tests.support.db import Db
+from tests.support.pictures import RED, png_header_only
+from tests.support.skus import add_products, statuses, wait_settled
+from tests.support.workers import Rig
 
 # --- bad input through S3 -------------------------------------------------------------------
 

@@ -13,27 +13,21 @@ from collage.constants import RESCUE_TASK
 from dev import sandbox
 from dev.photos import solid_jpeg
 from tests.conftest import missing_service
-from tests.support.processes import (
-    BLUE,
+from tests.support.cluster import Cluster
+from tests.support.db import Db
+from tests.support.pictures import BLUE, RED
+from tests.support.queue import (
     LISTEN_PICKUP_S,
-    RED,
-    Cluster,
-    Db,
-    Rig,
-    WorkerProcess,
-    add_products,
     build_jobs_in,
-    describe_unsettled,
     doing_jobs,
     first_true,
     listen_pids,
     overlapping_builds,
     pickup_delay_s,
-    statuses,
-    unsettled,
-    wait_settled,
 )
 from tests.support.s3proxy import FaultyProxy, SlowGets
+from tests.support.skus import add_products, describe_unsettled, statuses, unsettled, wait_settled
+from tests.support.workers import Rig, WorkerProcess
 
 # --- 2 and 3. database outages --------------------------------------------------------------
 

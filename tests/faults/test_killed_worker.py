@@ -16,20 +16,13 @@ import pytest
 from collage.constants import MAX_WORKER_DEATHS
 from dev import sandbox
 from dev.photos import solid_jpeg
-from tests.support.processes import (
-    BLUE,
-    RED,
-    Cluster,
-    Db,
-    Rig,
-    add_products,
-    build_jobs_in,
-    doing_jobs,
-    overlapping_builds,
-    statuses,
-    wait_settled,
-)
+from tests.support.cluster import Cluster
+from tests.support.db import Db
+from tests.support.pictures import BLUE, RED
+from tests.support.queue import build_jobs_in, doing_jobs, overlapping_builds
 from tests.support.s3proxy import FaultyProxy, HoldOnce
+from tests.support.skus import add_products, statuses, wait_settled
+from tests.support.workers import Rig
 
 RESCUE_BOUND_S = 30  # issue 9: rebuilt by a live worker within 30 s, production defaults
 

@@ -19,9 +19,6 @@ from collage.settings import Settings
 from collage.storage import bucket as storage
 from dev import sandbox
 from dev.photos import jpeg
-from tests.support.processes import (
-    s3_client,
-)
 from tests.support.s3proxy import Fault, FaultyProxy, SlowGets, StallingS3
 from tests.support.skus import upload
 
@@ -29,7 +26,7 @@ from tests.support.skus import upload
 
 
 def _short_timeout_bucket(endpoint: str, name: str, *, read_timeout: float) -> storage.Bucket:
-    client = s3_client(
+    client = sandbox.s3_client(
         endpoint,
         config=botocore.config.Config(
             s3={"addressing_style": "path"},

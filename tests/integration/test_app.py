@@ -14,12 +14,14 @@ from collage.constants import MAINTENANCE_PRIORITY
 from collage.queue.app import app
 from collage.settings import Settings
 from dev.photos import jpeg
-from tests.support.skus import add_product, env_of, upload, wait_settled
+from tests.support.skus import add_product, final_state, upload
+from tests.support.workers import env_of
 
 
 def test_importing_the_app_connects_to_nothing_and_reads_no_environment() -> None:
     code = (
-        "import os; os.environ.clear(); import collage.queue.app, collage.queue.build, collage.queue.periodic;"
+        "import os; os.environ.clear();"
+        " import collage.queue.app, collage.queue.build, collage.queue.periodic;"
         " print(sorted(collage.queue.app.app.tasks))"
     )
     result = subprocess.run(
@@ -29,7 +31,8 @@ def test_importing_the_app_connects_to_nothing_and_reads_no_environment() -> Non
 
 
 def test_periodic_tasks_are_registered_with_their_schedules() -> None:
-    import collage.queue.periodic  # noqa: F401 - registers the tasks on `app`
+    import collage.queue.build
+    import collage.queue.periodic  # noqa: F401
 
     schedules = {
         task.task.name: task.cron for task in app.periodic_registry.periodic_tasks.values()
@@ -78,7 +81,7 @@ def test_procrastinate_cli_runs_the_same_worker(
     )
     try:
         pid = add_product(db, urls, external_id="CLI-1")
-        status, url, _ = wait_settled(db, pid, timeout=60)
+        status, url, _ = final_state(db, pid, timeout=60)
     finally:
         worker.send_signal(signal.SIGTERM)
         _, stderr = worker.communicate(timeout=60)

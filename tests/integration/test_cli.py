@@ -15,7 +15,8 @@ from collage.cli import main
 from collage.settings import Settings
 from dev import sandbox
 from dev.photos import jpeg
-from tests.support.skus import StartWorker, add_product, env_of, upload, wait_settled
+from tests.support.skus import StartWorker, add_product, final_state, status_of, upload
+from tests.support.workers import env_of
 
 
 def run(settings: Settings | None, *args: str, input: str | None = None) -> Result:
@@ -31,12 +32,6 @@ def errored(db: psycopg.Connection, brand: str, message: str, *, hours_ago: int 
         [message, hours_ago, pid],
     )
     return pid
-
-
-def status_of(db: psycopg.Connection, pid: int) -> str:
-    row = db.execute("SELECT image_status FROM raw_products WHERE id = %s", [pid]).fetchone()
-    assert row
-    return str(row[0])
 
 
 def test_every_command_has_help() -> None:
@@ -206,8 +201,8 @@ def test_jobs_and_show_after_real_jobs(
     start_worker(settings)
     good = add_product(db, urls, brand="zara", external_id="OK-1")
     bad = add_product(db, ["s3://elsewhere/a.jpg"], brand="zara", external_id="BAD-1")
-    wait_settled(db, good)
-    wait_settled(db, bad)
+    final_state(db, good)
+    final_state(db, bad)
 
     report = json.loads(run(settings, "jobs", "--json").output)
     assert report["summary"]["waiting"] == 0

@@ -11,13 +11,7 @@ from collage.settings import Settings
 from dev import sandbox
 from dev.photos import jpeg
 from tests.integration.test_cli import run
-from tests.support.skus import StartWorker, add_product, upload, wait_settled
-
-
-def status_of(db: psycopg.Connection, pid: int) -> str:
-    row = db.execute("SELECT image_status FROM raw_products WHERE id = %s", [pid]).fetchone()
-    assert row
-    return str(row[0])
+from tests.support.skus import StartWorker, add_product, final_state, status_of, upload
 
 
 def built_count(db: psycopg.Connection) -> int:
@@ -48,7 +42,7 @@ def test_a_pause_holds_new_uploads_across_a_worker_restart_and_resume_builds_the
     resumed = run(settings, "resume")
     assert "resumed every brand: 2 build(s) due again" in resumed.output
     for pid in ids:
-        assert wait_settled(db, pid)[0] == "collage_ready"
+        assert final_state(db, pid)[0] == "collage_ready"
 
 
 def test_pausing_one_brand_lets_the_others_through(
@@ -59,14 +53,14 @@ def test_pausing_one_brand_lets_the_others_through(
     start_worker(settings)
     held = add_product(db, urls, brand="zara", external_id="Z-1")
     passes = add_product(db, urls, brand="hm", external_id="H-1")
-    assert wait_settled(db, passes)[0] == "collage_ready"
+    assert final_state(db, passes)[0] == "collage_ready"
     assert status_of(db, held) == "uploaded"
     # Resuming every brand does not end a brand's own pause.
     assert "still paused: zara" in run(settings, "resume").output
     time.sleep(1.5)
     assert status_of(db, held) == "uploaded"
     run(settings, "resume", "--brand", "zara")
-    assert wait_settled(db, held)[0] == "collage_ready"
+    assert final_state(db, held)[0] == "collage_ready"
 
 
 def test_cancel_takes_waiting_builds_out_and_requeue_brings_them_back(
@@ -93,12 +87,12 @@ def test_cancel_takes_waiting_builds_out_and_requeue_brings_them_back(
     ).fetchall()
     assert {row[0] for row in jobs} == {"cancelled"}
     start_worker(settings)
-    assert wait_settled(db, other)[0] == "collage_ready"
+    assert final_state(db, other)[0] == "collage_ready"
     assert {status_of(db, p) for p in ids} == {"cancelled"}  # the hourly retry leaves them too
     back = run(settings, "requeue", "--cancelled", "--brand", "zara")
     assert "requeued 3 SKU(s)" in back.output
     for pid in ids:
-        assert wait_settled(db, pid)[0] == "collage_ready"
+        assert final_state(db, pid)[0] == "collage_ready"
 
 
 def test_a_new_brand_is_served_next_to_the_head_of_a_bulk_backlog(
@@ -115,7 +109,7 @@ def test_a_new_brand_is_served_next_to_the_head_of_a_bulk_backlog(
     sandbox.wait_until(lambda: built_count(db) >= 20, timeout=60, what="the bulk brand to start")
     newcomer = add_product(db, urls, brand="small", external_id="NEW-1")
     before = built_count(db)
-    wait_settled(db, newcomer, timeout=60)
+    final_state(db, newcomer, timeout=60)
     # How many bulk builds finished between the newcomer's upload and its own build.
     row = db.execute(
         "SELECT count(*) FROM collage_outcomes o"

@@ -14,7 +14,7 @@ import psycopg
 from collage.queue import periodic
 from collage.settings import Settings
 from dev import sandbox
-from tests.support.skus import StartWorker, add_product, wait_settled
+from tests.support.skus import StartWorker, add_product, final_state
 
 
 def _run(coro_factory: Callable, settings: Settings):
@@ -101,7 +101,7 @@ def test_stalled_jobs_of_a_dead_worker_are_failed_and_their_sku_queued_again(
         "SELECT procrastinate_defer_jobs_v1(ARRAY[ROW('collage', 'collage.rescue', 0, NULL,"
         " NULL, '{\"timestamp\": 0}'::jsonb, NULL)::procrastinate_job_to_defer_v1])"
     )
-    status, _, error = wait_settled(db, pid)
+    status, _, error = final_state(db, pid)
     assert status == "error"  # it ran again: s3://b/ is another bucket, which it reports
     assert "not in bucket" in error or "is in bucket" in error
     old = db.execute("SELECT status::text FROM procrastinate_jobs WHERE id = %s", [stalled_job])
@@ -174,7 +174,7 @@ def test_the_hourly_retry_runs_as_a_job(
         timeout=20,
         what="the SKU to be built again",
     )
-    status, _, error = wait_settled(db, pid)
+    status, _, error = final_state(db, pid)
     assert (status, error) == ("error", "image_urls is empty")  # built again, failed again
     rounds = db.execute("SELECT rounds FROM collage_retry_rounds WHERE product_id = %s", [pid])
     assert rounds.fetchone() == (1,)

@@ -15,7 +15,7 @@ from collage.queue import metrics
 from collage.settings import Settings
 from dev import sandbox
 from dev.photos import jpeg
-from tests.support.skus import StartWorker, add_product, upload, wait_settled
+from tests.support.skus import StartWorker, add_product, final_state, upload
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -40,8 +40,8 @@ def test_metrics_after_real_jobs(
         start_worker(settings, middleware=exporter.middleware)
         good = add_product(db, urls)
         bad = add_product(db, ["s3://elsewhere/a.jpg"])
-        wait_settled(db, good)
-        wait_settled(db, bad)
+        final_state(db, good)
+        final_state(db, bad)
         after = scrape(port)
     finally:
         exporter.close()
@@ -96,7 +96,7 @@ def test_one_json_line_per_job_outcome(
     urls = upload(s3, settings, {"a.jpg": jpeg(40, 50)})
     start_worker(settings)
     pid = add_product(db, urls, brand="zara", external_id="LOG-1")
-    wait_settled(db, pid)
+    final_state(db, pid)
     lines = [json.loads(line) for line in json_logs.getvalue().splitlines()]
     outcomes = [line for line in lines if line.get("action") == "build_collage"]
     assert len(outcomes) == 1

@@ -11,15 +11,17 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from collage.backoff import Backoff
 from collage.cli import main
+from collage.queue import settle
 from collage.settings import Settings
 from collage.storage import downloads
 from dev import sandbox
 from dev.photos import jpeg, noisy_jpeg, solid_jpeg
 from tests.conftest import FaultyS3
-from tests.support.processes import BLUE, RED, mean_rgb
+from tests.support.pictures import BLUE, RED, mean_rgb
 from tests.support.s3proxy import Fault, SlowGets
-from tests.support.skus import StartWorker, add_product, upload, wait_settled
+from tests.support.skus import StartWorker, add_product, final_state, upload
 
 
 def test_an_uploaded_sku_becomes_the_same_collage_as_collage_make(
@@ -33,7 +35,7 @@ def test_an_uploaded_sku_becomes_the_same_collage_as_collage_make(
     urls = upload(s3, settings, photos)
     start_worker(settings)
     pid = add_product(db, urls, external_id="AB-1")
-    status, url, error = wait_settled(db, pid)
+    status, url, error = final_state(db, pid)
     assert (status, error) == ("collage_ready", None)
     assert url == f"{settings.s3_public_url}/collages/zara/AB-1.jpg"
     obj = s3.get_object(Bucket=settings.s3_bucket, Key="collages/zara/AB-1.jpg")
@@ -99,7 +101,7 @@ def test_a_broken_sku_ends_in_error_with_a_message_an_operator_can_act_on(
     text = json.dumps(urls).replace("{bucket}", settings.s3_bucket)
     start_worker(settings)
     pid = add_product(db, json.loads(text), brand=brand)
-    status, url, error = wait_settled(db, pid)
+    status, url, error = final_state(db, pid)
     assert status == "error"
     assert url is None
     assert expected.replace("{bucket}", settings.s3_bucket) in error
@@ -126,10 +128,10 @@ def test_transient_s3_failures_are_retried_until_the_sku_succeeds(
         return None
 
     proxy = faulty_s3(rule)
-    monkeypatch.setattr(tasks, "BACKOFF_BASE_S", 0.2)
+    monkeypatch.setattr(settle, "JOB_BACKOFF", Backoff(first_s=0.2, max_s=240.0))
     start_worker(settings.replace(s3_endpoint=proxy.endpoint))
     pid = add_product(db, urls)
-    status, _, error = wait_settled(db, pid, timeout=60)
+    status, _, error = final_state(db, pid, timeout=60)
     assert (status, error) == ("collage_ready", None)
     outcomes = [r[0] for r in db.execute("SELECT outcome FROM collage_outcomes ORDER BY id")]
     assert outcomes[-1] == "built" and "retry" in outcomes
@@ -146,12 +148,12 @@ def test_a_sku_that_keeps_failing_transiently_gives_up_with_the_cause(
 ) -> None:
     urls = upload(s3, settings, {"a.jpg": jpeg(60, 80)})
     proxy = faulty_s3(lambda method, path: Fault(status=500) if method == "GET" else None)
-    monkeypatch.setattr(tasks, "BACKOFF_BASE_S", 0.05)
-    monkeypatch.setattr(tasks, "MAX_ATTEMPTS", 3)
+    monkeypatch.setattr(settle, "JOB_BACKOFF", Backoff(first_s=0.05, max_s=240.0))
+    monkeypatch.setattr(settle, "MAX_ATTEMPTS", 3)
     try:
         start_worker(settings.replace(s3_endpoint=proxy.endpoint))
         pid = add_product(db, urls)
-        status, _, error = wait_settled(db, pid, timeout=60)
+        status, _, error = final_state(db, pid, timeout=60)
     finally:
         proxy.close()
     assert status == "error"
@@ -184,7 +186,7 @@ def test_a_reupload_during_a_build_wins_over_the_stale_result(
     # Downloading already: the build has read its generation (earlier, it would just skip).
     sandbox.wait_until(lambda: held.gets() >= 1, timeout=20, what="the first build's download")
     db.execute("UPDATE raw_products SET image_urls = %s WHERE id = %s", [json.dumps(new), pid])
-    status, _, _ = wait_settled(db, pid, timeout=60)
+    status, _, _ = final_state(db, pid, timeout=60)
     assert status == "collage_ready"
     body = s3.get_object(Bucket=settings.s3_bucket, Key="collages/zara/RE-1.jpg")["Body"].read()
     assert Image.open(io.BytesIO(body)).size == (150, 100)  # the two new photos, not the old one
@@ -205,7 +207,7 @@ def test_a_redownload_to_the_same_keys_during_a_build_is_built_again(
     upload(s3, settings, {"same.jpg": solid_jpeg(40, 40, BLUE)})
     db.execute("UPDATE raw_products SET image_status = 'uploaded' WHERE id = %s", [pid])
     held.released.set()
-    status, _, _ = wait_settled(db, pid, timeout=60)
+    status, _, _ = final_state(db, pid, timeout=60)
     assert status == "collage_ready"
     body = s3.get_object(Bucket=settings.s3_bucket, Key="collages/zara/SAME-1.jpg")["Body"].read()
     assert mean_rgb(body)[2] > 150  # blue: the second download, not the first
@@ -226,9 +228,9 @@ def test_two_rows_naming_one_collage_the_newer_upload_owns_it(
         return "red" if r > b else "blue"
 
     first = add_product(db, red, external_id="DUP-1")
-    assert wait_settled(db, first)[0] == "collage_ready" and colour() == "red"
+    assert final_state(db, first)[0] == "collage_ready" and colour() == "red"
     second = add_product(db, blue, external_id="DUP-1")
-    assert wait_settled(db, second)[0] == "collage_ready" and colour() == "blue"
+    assert final_state(db, second)[0] == "collage_ready" and colour() == "blue"
     status, _, error = db.execute(
         "SELECT image_status, collage_url, error_message FROM raw_products WHERE id = %s", [first]
     ).fetchone()
@@ -239,8 +241,8 @@ def test_two_rows_naming_one_collage_the_newer_upload_owns_it(
     )
     # Uploading the first row again makes it the newer one.
     db.execute("UPDATE raw_products SET image_status = 'uploaded' WHERE id = %s", [first])
-    assert wait_settled(db, first)[0] == "collage_ready" and colour() == "red"
-    assert wait_settled(db, second)[0] == "error"
+    assert final_state(db, first)[0] == "collage_ready" and colour() == "red"
+    assert final_state(db, second)[0] == "error"
 
 
 def test_a_failed_build_with_a_waiting_job_never_strands_a_job_in_doing(
@@ -262,7 +264,7 @@ def test_a_failed_build_with_a_waiting_job_never_strands_a_job_in_doing(
         return Fault(status=503, delay_s=0.5) if calls["n"] <= 4 else None
 
     proxy = faulty_s3(rule)
-    monkeypatch.setattr(tasks, "BACKOFF_BASE_S", 0.1)
+    monkeypatch.setattr(settle, "JOB_BACKOFF", Backoff(first_s=0.1, max_s=240.0))
     start_worker(settings.replace(s3_endpoint=proxy.endpoint))
     pid = add_product(db, urls)
     _wait_running(db, pid)
@@ -273,7 +275,7 @@ def test_a_failed_build_with_a_waiting_job_never_strands_a_job_in_doing(
         [f"product:{pid}"],
     ).fetchone()
     assert waiting == (1,)  # the second job waits while the first one is failing
-    status, _, _ = wait_settled(db, pid, timeout=60)
+    status, _, _ = final_state(db, pid, timeout=60)
     assert status == "collage_ready"
     statuses = db.execute(
         "SELECT status::text FROM procrastinate_jobs WHERE lock = %s", [f"product:{pid}"]
@@ -305,9 +307,9 @@ def test_listen_through_pgbouncer_starts_jobs_without_waiting_for_a_poll(
         what="the worker's LISTEN connection",
     )
     first = add_product(db, urls)
-    assert wait_settled(db, first, timeout=20)[0] == "collage_ready"
+    assert final_state(db, first, timeout=20)[0] == "collage_ready"
     second = add_product(db, urls)
-    assert wait_settled(db, second, timeout=20)[0] == "collage_ready"
+    assert final_state(db, second, timeout=20)[0] == "collage_ready"
     assert "DuplicatePreparedStatement" not in transaction_bouncer.log()
 
 
@@ -318,7 +320,7 @@ def test_photos_too_big_in_total_are_refused_whatever_the_row_says(
     monkeypatch.setattr(downloads, "MAX_SKU_BYTES", len(jpeg(60, 80)) + 10)
     start_worker(settings)
     pid = add_product(db, urls)
-    status, _, error = wait_settled(db, pid)
+    status, _, error = final_state(db, pid)
     assert status == "error"
     assert error == f"the photos add up to over {downloads.MAX_SKU_BYTES:,} bytes"
 
@@ -330,7 +332,7 @@ def test_a_size_limit_lowers_the_quality_and_the_outcome_records_it(
     urls = upload(s3, settings, photos)
     start_worker(settings.replace(collage_max_bytes=250_000, collage_min_quality=40))
     pid = add_product(db, urls, external_id="FIT-1")
-    assert wait_settled(db, pid)[0] == "collage_ready"
+    assert final_state(db, pid)[0] == "collage_ready"
     body = s3.get_object(Bucket=settings.s3_bucket, Key="collages/zara/FIT-1.jpg")["Body"].read()
     quality, size = db.execute(
         "SELECT quality, bytes_out FROM collage_outcomes WHERE product_id = %s", [pid]
@@ -345,7 +347,7 @@ def test_a_collage_that_cannot_fit_at_the_floor_is_an_error_naming_its_size(
     urls = upload(s3, settings, {"originals/zara/10/a.jpg": noisy_jpeg(600, 900)})
     start_worker(settings.replace(collage_max_bytes=2_000, collage_min_quality=90))
     pid = add_product(db, urls, external_id="FIT-2")
-    status, _, error = wait_settled(db, pid)
+    status, _, error = final_state(db, pid)
     assert status == "error"
     assert error.startswith("the collage (600 x 900 px) is ")
     assert error.endswith(

@@ -24,8 +24,9 @@ from collage.web.previews import COLLAGE_BOX, PHOTO_BOX
 from dev import sandbox
 from dev.photos import encode, jpeg, solid_jpeg
 from tests.support.console import TOKEN, csrf_of, unlock
-from tests.support.processes import png_header_only
-from tests.support.skus import StartWorker, add_product, env_of, upload, wait_settled
+from tests.support.pictures import png_header_only
+from tests.support.skus import StartWorker, add_product, final_state, status_of, upload
+from tests.support.workers import env_of
 
 RED, BLUE, GREEN = (200, 30, 30), (30, 30, 200), (30, 160, 60)
 
@@ -39,12 +40,6 @@ def web_settings(settings: Settings) -> Settings:
 def client(web_settings: Settings) -> Iterator[TestClient]:
     with TestClient(create_app(web_settings), follow_redirects=False) as made:
         yield made
-
-
-def status_of(db: psycopg.Connection, pid: int) -> str:
-    row = db.execute("SELECT image_status FROM raw_products WHERE id = %s", [pid]).fetchone()
-    assert row
-    return str(row[0])
 
 
 def errored(db: psycopg.Connection, error_class: str, *, brand: str = "zara") -> int:
@@ -108,7 +103,7 @@ def test_a_built_sku_shows_upright_colour_true_previews_in_order_and_in_the_over
     unreadable = add_product(db, html)
     start_worker(settings)
     for pid in (good, missing, unreadable):
-        wait_settled(db, pid)
+        final_state(db, pid)
     assert status_of(db, good) == "collage_ready"
 
     page = client.get(f"/sku/{good}")

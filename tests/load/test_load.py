@@ -12,18 +12,11 @@ from psycopg.types.json import Jsonb
 
 from dev import sandbox
 from dev.photos import solid_jpeg
-from tests.support.processes import (
-    BLUE,
-    RED,
-    Db,
-    Rig,
-    add_products,
-    build_jobs_in,
-    mean_rgb,
-    overlapping_builds,
-    statuses,
-    wait_settled,
-)
+from tests.support.db import Db
+from tests.support.pictures import BLUE, RED, mean_rgb
+from tests.support.queue import build_jobs_in, overlapping_builds
+from tests.support.skus import add_products, statuses, wait_settled
+from tests.support.workers import Rig
 
 # --- load -----------------------------------------------------------------------------------
 

@@ -18,7 +18,8 @@ from collage import imaging
 from collage.settings import Settings
 from dev import sandbox
 from dev.photos import noisy_jpeg
-from tests.support.skus import add_product, env_of, upload
+from tests.support.skus import add_product, upload
+from tests.support.workers import env_of
 
 WORKER_LIMIT_BYTES = 4 * 1024**3
 

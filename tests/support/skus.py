@@ -1,16 +1,19 @@
-"""SKUs as the downloader makes them: photos in the bucket, a row in raw_products; and waiting."""
+"""SKUs as the downloader makes them (photos in S3, rows in raw_products), and their fate."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from collage.settings import Settings
 from dev import sandbox
 from tests.conftest import WorkerThread
+from tests.support.db import Queryable, rows, value
 
 StartWorker = Callable[..., WorkerThread]
 
@@ -43,35 +46,106 @@ def upload(s3, settings: Settings, photos: dict[str, bytes]) -> list[str]:
     return [f"s3://{settings.s3_bucket}/{key}" for key in keys]
 
 
-def wait_settled(db: psycopg.Connection, product_id: int, timeout: float = 30) -> tuple:
-    """Wait until the SKU has left 'uploaded' and no job for it waits or runs."""
+def add_products(
+    db: Queryable,
+    image_urls: list[object],
+    *,
+    brands: list[str] | None = None,
+    external_ids: list[str] | None = None,
+    status: str = "uploaded",
+) -> list[int]:
+    """Insert SKUs in one statement (one transaction); return their ids in order."""
+    count = len(image_urls)
+    ids = external_ids or [f"sku-{uuid.uuid4().hex[:10]}" for _ in range(count)]
+    found = rows(
+        db,
+        "INSERT INTO raw_products (external_id, brand, image_urls, image_status)"
+        " SELECT e, b, u, %s"
+        " FROM unnest(%s::text[], %s::text[], %s::jsonb[]) AS t(e, b, u) RETURNING id, external_id",
+        [
+            status,
+            ids,
+            brands or ["faults"] * count,
+            [
+                urls if urls is None or isinstance(urls, Jsonb) else Jsonb(urls)
+                for urls in image_urls
+            ],
+        ],
+    )
+    by_external = {external_id: product_id for product_id, external_id in found}
+    return [by_external[e] for e in ids]
 
-    def settled() -> bool:
-        row = db.execute(
-            "SELECT p.image_status <> 'uploaded' AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs"
-            " WHERE lock = %s AND status IN ('todo', 'doing')) FROM raw_products p WHERE id = %s",
-            [f"product:{product_id}", product_id],
-        ).fetchone()
-        return bool(row and row[0])
 
-    sandbox.wait_until(settled, timeout=timeout, what=f"product {product_id} to settle")
-    row = db.execute(
-        "SELECT image_status, collage_url, error_message FROM raw_products WHERE id = %s",
-        [product_id],
-    ).fetchone()
-    assert row
-    return row
+def status_of(db: Queryable, product_id: int) -> str:
+    """The SKU's image_status now."""
+    return str(value(db, "SELECT image_status FROM raw_products WHERE id = %s", [product_id]))
 
 
-def env_of(settings: Settings) -> dict[str, str]:
-    return {
-        "STAGING_DB_URL": settings.db_url,
-        "STAGING_DB_SESSION_URL": settings.db_session_url,
-        "S3_ENDPOINT": settings.s3_endpoint,
-        "S3_ACCESS_KEY": settings.s3_access_key,
-        "S3_SECRET_KEY": settings.s3_secret_key,
-        "S3_BUCKET": settings.s3_bucket,
-        "S3_PUBLIC_URL": settings.s3_public_url,
-        "TEMP_DIR": str(settings.temp_dir),
-        "LOG_FORMAT": "text",
-    }
+def statuses(db: Queryable, ids: Sequence[int]) -> dict[int, tuple]:
+    """Each SKU's (image_status, error_message, collage_url)."""
+    found = rows(
+        db,
+        "SELECT id, image_status, error_message, collage_url FROM raw_products WHERE id = ANY(%s)",
+        [list(ids)],
+    )
+    return {row[0]: row[1:] for row in found}
+
+
+def unsettled(db: Queryable, ids: Sequence[int]) -> int:
+    """How many of these SKUs are still 'uploaded' or have a build job waiting or running."""
+    return int(
+        value(
+            db,
+            "SELECT count(*) FROM raw_products p WHERE p.id = ANY(%(ids)s) AND ("
+            " p.image_status = 'uploaded' OR EXISTS (SELECT 1 FROM procrastinate_jobs j"
+            " WHERE j.lock = 'product:' || p.id AND j.status IN ('todo', 'doing')))",
+            {"ids": list(ids)},
+        )
+    )
+
+
+def describe_unsettled(db: Queryable, ids: Sequence[int]) -> str:
+    """The SKUs not settled yet, each with its status and its jobs: what a timeout should say."""
+    found = rows(
+        db,
+        "SELECT p.id, p.image_status, coalesce(json_agg(json_build_object('job', j.id,"
+        " 'status', j.status, 'worker', j.worker_id, 'args', j.args) ORDER BY j.id)"
+        " FILTER (WHERE j.id IS NOT NULL), '[]') FROM raw_products p"
+        " LEFT JOIN procrastinate_jobs j ON j.lock = 'product:' || p.id"
+        " WHERE p.id = ANY(%(ids)s) GROUP BY p.id ORDER BY p.id",
+        {"ids": list(ids)},
+    )
+    lines = [
+        f"  SKU {pid} '{status}', jobs {jobs}"
+        for pid, status, jobs in found
+        if status == "uploaded" or any(j["status"] in ("todo", "doing") for j in jobs)
+    ]
+    return "\n".join(["unsettled:", *lines]) if lines else "every SKU settled"
+
+
+def wait_settled(
+    db: Queryable, ids: int | Sequence[int], *, timeout: float = 30, what: str = ""
+) -> float:
+    """Wait until every SKU has left 'uploaded' with no job waiting or running; return how long.
+
+    A timeout lists each SKU still unsettled, with its jobs.
+    """
+    ids = [ids] if isinstance(ids, int) else list(ids)
+    return sandbox.wait_until(
+        lambda: unsettled(db, ids) == 0,
+        timeout=timeout,
+        what=what or f"{len(ids)} SKU(s) to settle",
+        explain=lambda: describe_unsettled(db, ids),
+    )
+
+
+def final_state(db: Queryable, product_id: int, *, timeout: float = 30) -> tuple:
+    """Wait until the SKU has settled; return its (image_status, collage_url, error_message)."""
+    wait_settled(db, product_id, timeout=timeout)
+    return tuple(
+        rows(
+            db,
+            "SELECT image_status, collage_url, error_message FROM raw_products WHERE id = %s",
+            [product_id],
+        )[0]
+    )

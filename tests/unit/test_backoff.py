@@ -43,6 +43,15 @@ def test_a_step_is_retried_with_those_waits_until_it_succeeds() -> None:
     assert told == [("try 1", 0.5), ("try 2", 1.0), ("try 3", 1.5)]
 
 
+def test_a_step_may_be_a_lambda_returning_a_coroutine() -> None:
+    async def read(value: int) -> int:
+        return value * 2
+
+    backoff = Backoff(first_s=0.01, max_s=0.01)
+    got = asyncio.run(backoff.call(lambda: read(21), on=OSError, on_retry=print))
+    assert got == 42
+
+
 def test_other_errors_are_not_retried() -> None:
     calls: list[int] = []
 
