@@ -22,7 +22,7 @@ from PIL import Image, ImageChops, ImageCms, ImageStat
 
 from collage import imaging
 from collage.imaging import RESAMPLING, compose, plan_layout
-from dev import photos
+from dev import collages, photos
 from dev.collages import build_collage
 
 QUALITY = 95
@@ -365,21 +365,20 @@ def _warm_child(mode: str, sku: Path, *extra: str) -> dict[str, Any]:
 
 
 def measure_ipc(sku: Path, reps: int) -> dict[str, Any]:
-    """Build a SKU in this process and in a Builder's child, interleaved, both warm."""
-    from collage.builder import Builder
+    """Build a SKU in this process and in a build pool's child, interleaved, both warm."""
 
     photos = load(sku)
     imaging.load_resampler()
     got: dict[str, list[float]] = {"here": [], "child": [], "parent_cpu": [], "child_cpu": []}
-    with Builder(processes=1) as builder:
+    with collages.pool() as builder:
         build_collage(photos, quality=QUALITY)
-        builder.build(photos, quality=QUALITY)  # each side warm: a job first, unmeasured
+        collages.build_in(builder, photos, quality=QUALITY)  # each side warm: one unmeasured
         for _ in range(reps):
             wall = time.perf_counter()
             build_collage(photos, quality=QUALITY)
             got["here"].append(time.perf_counter() - wall)
             wall, cpu = time.perf_counter(), time.process_time()
-            built = builder.build(photos, quality=QUALITY)
+            built = collages.build_in(builder, photos, quality=QUALITY)
             got["child"].append(time.perf_counter() - wall)
             got["parent_cpu"].append(time.process_time() - cpu)
             got["child_cpu"].append(built.cpu_s)
@@ -388,7 +387,7 @@ def measure_ipc(sku: Path, reps: int) -> dict[str, Any]:
 
 
 def ipc_study(skus: Sequence[Path], reps: int) -> None:
-    """Print what a Builder's child process adds to each build: pickles, pipes, frames."""
+    """Print what a build pool's child adds to each build: pickles, pipes, frames."""
     print(
         "\n| SKU | MB in + out | in-process wall s | in a child wall s | added ms "
         "| parent CPU ms |\n|---|---|---|---|---|---|"
@@ -427,7 +426,7 @@ def measure_fit(sku: Path, limits: Sequence[int], reps: int) -> list[dict[str, A
             calls.clear()
             cpu = time.process_time()
             try:
-                built = imaging.build(photos, quality=QUALITY, max_bytes=max_bytes)
+                built = collages.build(photos, quality=QUALITY, max_bytes=max_bytes)
             except imaging.TooLarge as exc:
                 built = exc
             cpu_s.append(time.process_time() - cpu)
@@ -480,7 +479,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--kinds", nargs="*", default=list(KINDS[1:]), help=f"paths to compare: {list(LABELS)}"
     )
-    parser.add_argument("--ipc", action="store_true", help="also time a Builder child's overhead")
+    parser.add_argument("--ipc", action="store_true", help="also time a pool child's overhead")
     parser.add_argument(
         "--fit", nargs="*", type=int, help="also build the large SKU under these byte limits"
     )

@@ -17,7 +17,7 @@ from typing import Any
 from PIL import Image
 
 from collage import imaging
-from dev import photos
+from dev import collages, photos
 
 MIB = 1024 * 1024
 
@@ -119,7 +119,7 @@ def measure(paths: list[Path], ahead: int) -> dict[str, float]:
     cpu = time.process_time()
     error = ""
     try:
-        jpeg = imaging.build_collage(data, quality=95, ahead_pixels=ahead)
+        jpeg = collages.build_collage(data, ahead_pixels=ahead)
         size = len(jpeg)
         del jpeg
     except Exception as exc:

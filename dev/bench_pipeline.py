@@ -21,9 +21,8 @@ from pathlib import Path
 import click
 import psycopg
 
-from collage import imaging
 from collage.db import migrate
-from dev import sandbox
+from dev import collages, sandbox
 from dev.photos import noisy_jpeg
 
 LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -212,7 +211,7 @@ def pure_collage_seconds(endpoint: str, skus: list[list[str]]) -> list[float]:
             for url in urls
         ]
         start = time.process_time()
-        imaging.build_collage(photos)
+        collages.build_collage(photos)
         times.append(time.process_time() - start)
     return times
 

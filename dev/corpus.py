@@ -1,4 +1,4 @@
-"""Run every image of a real corpus (Pillow's own test images) through the bounded builder.
+"""Run every image of a real corpus (Pillow's own test images) through the bounded build pool.
 
     python -m dev.corpus [--dir DIR]     # without --dir: pip downloads Pillow's sdist first
 
@@ -22,8 +22,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from collage.builder import MIB, Builder
 from collage.errors import CollageError
+from collage.isolation.protocol import MIB
+from dev import collages
 
 PILLOW = "pillow==13.0.0"
 
@@ -63,11 +64,11 @@ def main() -> None:
     reasons: collections.Counter[tuple[str, str]] = collections.Counter()
     bad: list[str] = []
     peak, slowest, started = 0, (0.0, ""), time.monotonic()
-    with Builder(processes=args.processes) as builder:
+    with collages.pool(processes=args.processes) as builder:
         for path in files:
             began = time.monotonic()
             try:
-                built = builder.build([path.read_bytes()], names=[path.name])
+                built = collages.build_in(builder, [path.read_bytes()], names=[path.name])
             except CollageError as exc:
                 outcomes["refused"] += 1
                 reasons[(type(exc).__name__, reason_of(exc.message))] += 1

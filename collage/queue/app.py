@@ -34,7 +34,7 @@ class SplitConnector(procrastinate.PsycopgConnector):
     Procrastinate opens LISTEN from its pool's settings, which in production point at a
     transaction-mode PgBouncer where notifications never arrive. This overrides that one
     private hook, and keeps retrying the connection through an outage so that LISTEN comes
-    back instead of dying silently. tests/integration/test_tasks.py runs a worker through real
+    back instead of dying silently. tests/integration/queue/test_build.py runs a worker through real
     PgBouncer pools with polling off; tests/faults/ restarts them under it.
     """
 

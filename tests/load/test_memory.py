@@ -94,15 +94,14 @@ def test_two_collages_at_the_canvas_budget_fit_well_inside_a_4_gb_worker(
 
 
 @pytest.mark.slow
-def test_two_worst_case_jobs_in_builder_children_fit_well_inside_4_gb() -> None:
+def test_two_worst_case_jobs_in_build_pool_children_fit_well_inside_4_gb() -> None:
     # The worst accepted photos at the limits (docs/imaging.md, dev/bench_memory.py): a 64 MP
     # lossless WebP and a 64 MP RGBA PNG, each beside a small JPEG upscaled to fill the rest of
     # the 150 MP canvas budget, built at the same time in two children.
     import io
     import threading
 
-    from collage.builder import Builder
-    from dev import bench_memory
+    from dev import bench_memory, collages
     from dev.photos import jpeg
 
     side = 8000
@@ -115,11 +114,12 @@ def test_two_worst_case_jobs_in_builder_children_fit_well_inside_4_gb() -> None:
     del base
     jobs = {"webp": [webp.getvalue(), companion], "png": [png.getvalue(), companion]}
     results: dict[str, object] = {}
-    with Builder(processes=2) as builder:
-        threads = [
-            threading.Thread(target=lambda k=k: results.__setitem__(k, builder.build(jobs[k])))
-            for k in jobs
-        ]
+    with collages.pool(processes=2) as builder:
+
+        def build(name: str) -> None:
+            results[name] = collages.build_in(builder, jobs[name])
+
+        threads = [threading.Thread(target=build, args=(k,)) for k in jobs]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -142,8 +142,7 @@ def test_two_worst_case_jobs_in_builder_children_fit_well_inside_4_gb() -> None:
 def test_decoding_ahead_adds_at_most_one_photo_and_stays_under_the_worst_case() -> None:
     # The worst pair decode-ahead allows (dev/bench_memory.py --pairs): a small JPEG scaled up
     # 6x to most of the canvas while a lossless WebP decodes, 24 MP together.
-    from collage.builder import Builder
-    from dev import bench_memory
+    from dev import bench_memory, collages
 
     small, webp = bench_memory.pairs(imaging.AHEAD_PIXELS / 1e6 * 0.999)[
         "JPEG upscaled to most of the canvas, then a lossless WebP"
@@ -151,8 +150,8 @@ def test_decoding_ahead_adds_at_most_one_photo_and_stays_under_the_worst_case() 
     side = Image.open(io.BytesIO(webp)).width
     peaks = {}
     for ahead in (0, imaging.AHEAD_PIXELS):
-        with Builder(processes=1, ahead_pixels=ahead) as builder:
-            peaks[ahead] = builder.build([small, webp]).peak_rss
+        with collages.pool(ahead_pixels=ahead) as builder:
+            peaks[ahead] = collages.build_in(builder, [small, webp]).peak_rss
     added = peaks[imaging.AHEAD_PIXELS] - peaks[0]
     decoding = side * side * 12  # Pillow's WebP decoder: the canvas, a copy, the image
     one, two = (peaks[k] / 1024**2 for k in (0, imaging.AHEAD_PIXELS))

@@ -5,15 +5,18 @@ from __future__ import annotations
 import contextlib
 import itertools
 import time
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 
 import psycopg
 
 from dev import sandbox
-from tests.support.db import Db
+from tests.support.db import Db, Queryable, rows, value
 
 # Procrastinate polls every POLLING_INTERVAL_S (1 s); a pickup this fast came from LISTEN.
 LISTEN_PICKUP_S = 0.2
+# Below every build collage_enqueue queues (its fair-share tags stop at 2,000,000,000).
+LOWEST_PRIORITY = -2_000_000_001
 
 
 def listen_pids(db: Db) -> set[int]:
@@ -107,3 +110,42 @@ def first_true(
         explain=lambda: f"got {took}\n{explain()}",
     )
     return took
+
+
+def witness_pass(db: Queryable, *, timeout: float = 30) -> None:
+    """Queue a build that does nothing, below every other, and wait until a worker has run it.
+
+    Workers take due jobs highest priority first: once this one has run, every job that was due
+    went before it, so whatever still waits was not due (paused, or waiting out a retry).
+    """
+    product_id = value(
+        db,
+        "INSERT INTO raw_products (external_id, brand, image_urls, image_status)"
+        " VALUES (%s, 'witness', '[]', 'collage_ready') RETURNING id",
+        [f"witness-{uuid.uuid4().hex[:10]}"],
+    )
+    job_id = value(
+        db,
+        "SELECT (procrastinate_defer_jobs_v1(ARRAY[ROW('collage', 'collage.build', %s, NULL,"
+        " NULL, jsonb_build_object('product_id', %s::bigint), NULL)"
+        "::procrastinate_job_to_defer_v1]))[1]",
+        [LOWEST_PRIORITY, product_id],
+    )
+    sandbox.wait_until(
+        lambda: (
+            value(db, "SELECT status::text FROM procrastinate_jobs WHERE id = %s", [job_id])
+            == "succeeded"
+        ),
+        timeout=timeout,
+        what="a worker to run a build queued below every other",
+    )
+
+
+def job_states(db: Queryable, product_ids: Sequence[int]) -> set[str]:
+    """The states of these SKUs' build jobs."""
+    found = rows(
+        db,
+        "SELECT DISTINCT status::text FROM procrastinate_jobs WHERE lock = ANY(%s)",
+        [[f"product:{pid}" for pid in product_ids]],
+    )
+    return {state for (state,) in found}

@@ -1,4 +1,4 @@
-"""The names and timings SQL and Python share are spelled the same in every migration."""
+"""The names and timings SQL and Python share are spelled the same in every SQL file."""
 
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ from collage.errors import CollageError, error_classes
 from collage.queue.metrics import ERROR_CLASSES
 
 ROOT = Path(__file__).resolve().parents[2]
-SQL = {m.name: m.sql() for m in migrate.project_migrations()}
+SQL = {
+    **{m.name: m.sql() for m in migrate.project_migrations()},
+    "schema.sql": (ROOT / "schema.sql").read_text(),
+}
 TASKS = {
     constants.BUILD_TASK,
     constants.SWEEP_TASK,

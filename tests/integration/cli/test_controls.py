@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import time
 
 import psycopg
 
 from collage.settings import Settings
 from dev import sandbox
 from dev.photos import jpeg
-from tests.integration.test_cli import run
+from tests.integration.cli.test_cli import run
+from tests.support.queue import job_states, witness_pass
 from tests.support.skus import StartWorker, add_product, final_state, status_of, upload
 
 
@@ -27,8 +27,8 @@ def test_a_pause_holds_new_uploads_across_a_worker_restart_and_resume_builds_the
     assert paused.exit_code == 0 and "paused every brand: 0 waiting build(s)" in paused.output
     worker = start_worker(settings)
     ids = [add_product(db, urls, brand=b, external_id=f"P-{b}") for b in ("zara", "hm")]
-    time.sleep(2.5)  # two polls and more: a paused build must not start (it would be built)
-    assert [status_of(db, pid) for pid in ids] == ["uploaded", "uploaded"]
+    witness_pass(db)  # the worker went past both: not due while paused
+    assert job_states(db, ids) == {"todo"}
     assert built_count(db) == 0
     jobs = run(settings, "jobs")
     assert "paused 2" in jobs.output and "PAUSED every brand" in jobs.output, jobs.output
@@ -37,8 +37,8 @@ def test_a_pause_holds_new_uploads_across_a_worker_restart_and_resume_builds_the
     assert (summary["paused"], summary["waiting"], summary["paused_scopes"]) == (2, 0, ["*"])
     worker.stop()
     start_worker(settings)  # the pause lives in the database, not in a worker
-    time.sleep(2.5)
-    assert built_count(db) == 0
+    witness_pass(db)
+    assert job_states(db, ids) == {"todo"} and built_count(db) == 0
     resumed = run(settings, "resume")
     assert "resumed every brand: 2 build(s) due again" in resumed.output
     for pid in ids:
@@ -57,8 +57,8 @@ def test_pausing_one_brand_lets_the_others_through(
     assert status_of(db, held) == "uploaded"
     # Resuming every brand does not end a brand's own pause.
     assert "still paused: zara" in run(settings, "resume").output
-    time.sleep(1.5)
-    assert status_of(db, held) == "uploaded"
+    witness_pass(db)
+    assert job_states(db, [held]) == {"todo"}
     run(settings, "resume", "--brand", "zara")
     assert final_state(db, held)[0] == "collage_ready"
 
