@@ -14,6 +14,7 @@ from typing import Any
 
 import procrastinate
 import psycopg
+import psycopg_pool
 
 from collage.backoff import Backoff
 from collage.constants import GRACEFUL_TIMEOUT_S, HEARTBEAT_EVERY_S, QUEUE, STALLED_WORKER_S
@@ -77,6 +78,13 @@ def make_connector(settings_source: Callable[[], Settings], *, pool_max: int = 8
         # Drop a connection that PgBouncer or PostgreSQL has closed instead of failing a job on it.
         reconnect_timeout=60,
     )
+
+
+def pool_of(app: procrastinate.App) -> psycopg_pool.AsyncConnectionPool:
+    """The open app's pool of transaction-mode connections (the app's SQL, Procrastinate's)."""
+    connector = app.connector
+    assert isinstance(connector, procrastinate.PsycopgConnector), connector
+    return connector.pool
 
 
 def bind(settings: Settings) -> contextlib.AbstractContextManager[procrastinate.App]:

@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from collage.db import connect_dicts, jobs
 from collage.errors import error_classes
+from collage.queue.app import pool_of
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def record_outcome(outcome: str, *, error_class: str | None = None, duration_s: 
 async def pickup_middleware(call_next: AsyncCallNext, context: JobContext, worker: Any) -> Any:
     """Observe how long each job waited after it was due, then run it."""
     try:
-        async with context.app.connector.pool.connection() as conn:  # type: ignore[attr-defined]
+        async with pool_of(context.app).connection() as conn:
             job_id = context.job.id
             assert job_id is not None
             waited = await jobs.pickup_delay_s(conn, job_id)

@@ -18,6 +18,7 @@ from procrastinate.jobs import Status
 from collage.constants import BUILD_TASK, STALLED_WORKER_S
 from collage.db import liveness
 from collage.queue import settle
+from collage.queue.app import pool_of
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ class Rescued:
 
 async def rescue(app: procrastinate.App) -> Rescued:
     """Fail every dead job; queue its SKU again, or mark it 'error' after too many deaths."""
-    pool = app.connector.pool  # type: ignore[attr-defined]
+    pool = pool_of(app)
     async with pool.connection() as conn:
         dead = await liveness.dead_jobs(conn)
     done = Rescued(requeued=[], ended=[], failed_jobs=[])

@@ -24,6 +24,7 @@ from collage.errors import one_line
 from collage.imaging import JpegTarget
 from collage.isolation.pool import BuildPool
 from collage.isolation.process import Budget
+from collage.queue.app import pool_of
 from collage.settings import Settings, from_environment
 from collage.storage import Bucket
 
@@ -118,7 +119,7 @@ def _environment_resources() -> Resources:
 
 def connection(context: JobContext) -> AbstractAsyncContextManager[AsyncConnection]:
     """Borrow a connection from the app's pool (the transaction-mode URL); it commits on return."""
-    return context.app.connector.pool.connection()  # type: ignore[attr-defined, no-any-return]
+    return pool_of(context.app).connection()
 
 
 async def retry_db(step: Callable[[], Awaitable[T]], *, product_id: int, what: str) -> T:

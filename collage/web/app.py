@@ -19,6 +19,7 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from collage.db.connect import OPTIONS, Row
+from collage.isolation.process import Budget
 from collage.settings import Settings
 from collage.storage import Bucket
 from collage.web import auth, controls, pages, previews
@@ -54,7 +55,11 @@ def create_app(settings: Settings, *, made: previews.Previews | None = None) -> 
     console = Console(
         settings=settings,
         pool=pool,
-        previews=made or previews.Previews(Bucket.from_settings(settings)),
+        previews=made
+        or previews.Previews(
+            Bucket.from_settings(settings),
+            budget=Budget.of(cpu_s=settings.build_cpu_s, memory_mb=settings.build_memory_mb),
+        ),
         templates=Jinja2Templates(env=_environment()),
     )
 

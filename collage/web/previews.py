@@ -73,8 +73,11 @@ def url(row: dict[str, Any], which: str) -> str:
 class Previews:
     """Make previews from the bucket and keep the latest in memory, up to `cache_bytes`."""
 
-    def __init__(self, bucket: Bucket, *, cache_bytes: int = CACHE_BYTES) -> None:
+    def __init__(
+        self, bucket: Bucket, *, budget: Budget | None = None, cache_bytes: int = CACHE_BYTES
+    ) -> None:
         self.bucket = bucket
+        self.budget = budget or Budget.of()
         self.cache_bytes = cache_bytes
         self._cache: OrderedDict[tuple[int, str, str], Preview] = OrderedDict()
         self._held = 0
@@ -145,7 +148,7 @@ class Previews:
                 raise Transient("the console is shutting down")
             if self._pool is None:
                 # One child: previews wait their turn rather than take the machine's memory.
-                self._pool = BuildPool(budget=Budget.of(), processes=1)
+                self._pool = BuildPool(budget=self.budget, processes=1)
             return self._pool
 
 
