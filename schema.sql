@@ -67,6 +67,14 @@ CREATE TABLE IF NOT EXISTS collage_progress (
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- Cancelled builds: the upload whose build an operator cancelled (a new upload ends it).
+CREATE TABLE IF NOT EXISTS collage_cancellations (
+    product_id   bigint PRIMARY KEY,
+    generation   bigint NOT NULL,
+    cancelled_at timestamptz NOT NULL DEFAULT now(),
+    cancelled_by text NOT NULL
+);
+
 -- The pauses in force: '*' for every brand, else one brand.
 CREATE TABLE IF NOT EXISTS collage_pauses (
     scope     text PRIMARY KEY,
@@ -159,7 +167,7 @@ BEGIN
 END;
 $$;
 
--- A new upload: count the generation, stamp it, reset the retry rounds, queue the build.
+-- A new upload (BEFORE the row is written): count the generation, stamp it.
 CREATE OR REPLACE FUNCTION collage_new_upload() RETURNS trigger
 LANGUAGE plpgsql
 AS $$
@@ -169,11 +177,24 @@ BEGIN
     END IF;
     NEW.upload_generation := CASE WHEN TG_OP = 'UPDATE' THEN OLD.upload_generation + 1 ELSE 1 END;
     NEW.uploaded_at := now();
+    RETURN NEW;
+END;
+$$;
+
+-- A new upload written (AFTER): its retry rounds start afresh (the hourly retry marks its own
+-- transaction with collage.hourly_retry and keeps the count), a cancellation of an older upload
+-- ends, and its build is queued.
+CREATE OR REPLACE FUNCTION collage_queue_upload() RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+AS $$
+BEGIN
     IF current_setting('collage.hourly_retry', true) IS DISTINCT FROM 'on' THEN
         DELETE FROM collage_retry_rounds WHERE product_id = NEW.id;
     END IF;
+    DELETE FROM collage_cancellations WHERE product_id = NEW.id;
     PERFORM collage_enqueue(NEW.id, 0, NULL, NEW.upload_generation, NEW.brand);
-    RETURN NEW;
+    RETURN NULL;
 END;
 $$;
 
@@ -183,12 +204,14 @@ DECLARE
 BEGIN
     EXECUTE format('ALTER FUNCTION collage_enqueue(bigint, integer, interval, bigint, text) SET search_path = %s', path);
     EXECUTE format('ALTER FUNCTION collage_new_upload() SET search_path = %s', path);
+    EXECUTE format('ALTER FUNCTION collage_queue_upload() SET search_path = %s', path);
     EXECUTE format('ALTER FUNCTION collage_next_tag(text) SET search_path = %s', path);
     EXECUTE format('ALTER FUNCTION collage_paused(text) SET search_path = %s', path);
 END;
 $$;
 
--- The triggers on raw_products that queue a build in the writer's own transaction.
+-- The triggers on raw_products: BEFORE, count and stamp the upload; AFTER (only for rows written),
+-- queue its build in the writer's own transaction.
 CREATE TRIGGER raw_products_upload_inserted
     BEFORE INSERT ON raw_products
     FOR EACH ROW WHEN (NEW.image_status = 'uploaded')
@@ -205,6 +228,17 @@ CREATE TRIGGER raw_products_upload_urls
     BEFORE UPDATE OF image_urls ON raw_products
     FOR EACH ROW WHEN (NEW.image_status = 'uploaded' AND OLD.image_urls IS DISTINCT FROM NEW.image_urls)
     EXECUTE FUNCTION collage_new_upload();
+
+CREATE TRIGGER raw_products_upload_queued
+    AFTER INSERT ON raw_products
+    FOR EACH ROW WHEN (NEW.image_status = 'uploaded')
+    EXECUTE FUNCTION collage_queue_upload();
+
+CREATE TRIGGER raw_products_upload_requeued
+    AFTER UPDATE ON raw_products
+    FOR EACH ROW WHEN (NEW.image_status = 'uploaded'
+                       AND NEW.upload_generation IS DISTINCT FROM OLD.upload_generation)
+    EXECUTE FUNCTION collage_queue_upload();
 
 -- Views for operators (see the README: Inspect with SQL).
 CREATE OR REPLACE VIEW collage_sku_jobs AS
@@ -229,9 +263,12 @@ SELECT p.id AS product_id,
        CASE
            WHEN j.status = 'todo' THEN now() - greatest(ev.queued_at, j.scheduled_at)
            WHEN j.status IS DISTINCT FROM 'doing' AND p.image_status = 'uploaded'
+                AND c.product_id IS NULL
                THEN now() - p.updated_at
        END AS waiting_for,
-       CASE WHEN j.status = 'doing' THEN now() - ev.started_at END AS running_for
+       CASE WHEN j.status = 'doing' THEN now() - ev.started_at END AS running_for,
+       c.cancelled_at,
+       c.cancelled_by
   FROM raw_products p
   LEFT JOIN LATERAL (
         SELECT * FROM procrastinate_jobs j
@@ -248,7 +285,9 @@ SELECT p.id AS product_id,
         SELECT o.message FROM collage_outcomes o
          WHERE o.product_id = p.id AND o.outcome IN ('error', 'retry')
          ORDER BY o.id DESC LIMIT 1
-  ) o ON true;
+  ) o ON true
+  LEFT JOIN collage_cancellations c
+    ON c.product_id = p.id AND c.generation = p.upload_generation AND p.image_status = 'uploaded';
 
 CREATE OR REPLACE VIEW collage_queue_summary AS
 SELECT count(*) FILTER (WHERE j.status = 'todo' AND (j.scheduled_at IS NULL OR j.scheduled_at <= now()))
@@ -279,7 +318,16 @@ SELECT count(*) FILTER (WHERE j.status = 'todo' AND (j.scheduled_at IS NULL OR j
          WHERE outcome = 'error' AND finished_at > now() - interval '1 hour') AS errors_last_hour,
        count(*) FILTER (WHERE j.status = 'todo' AND j.scheduled_at = 'infinity') AS paused,
        (SELECT coalesce(array_agg(scope ORDER BY scope), '{}') FROM collage_pauses) AS paused_scopes,
-       (SELECT count(*) FROM raw_products WHERE image_status = 'cancelled') AS skus_cancelled
+       (SELECT count(*) FROM collage_cancellations c
+          JOIN raw_products p ON p.id = c.product_id AND p.upload_generation = c.generation
+         WHERE p.image_status = 'uploaded') AS skus_cancelled,
+       (SELECT count(*) FROM raw_products p
+         WHERE p.image_status = 'uploaded'
+           AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs q
+                            WHERE q.lock = 'product:' || p.id AND q.status IN ('todo', 'doing'))
+           AND NOT EXISTS (SELECT 1 FROM collage_cancellations c
+                            WHERE c.product_id = p.id AND c.generation = p.upload_generation))
+           AS skus_unqueued
   FROM procrastinate_jobs j
   LEFT JOIN procrastinate_workers w ON w.id = j.worker_id
  WHERE j.queue_name = 'collage' AND j.status IN ('todo', 'doing', 'failed');
@@ -290,8 +338,6 @@ CREATE INDEX IF NOT EXISTS collage_outcomes_product_idx ON collage_outcomes (pro
 CREATE INDEX IF NOT EXISTS collage_outcomes_job_idx ON collage_outcomes (job_id, id);
 CREATE INDEX IF NOT EXISTS raw_products_image_status_updated_idx
     ON raw_products (image_status, updated_at) WHERE image_status IN ('uploaded', 'error');
-CREATE INDEX IF NOT EXISTS raw_products_cancelled_updated_idx
-    ON raw_products (image_status, updated_at) WHERE image_status = 'cancelled';
 CREATE INDEX IF NOT EXISTS raw_products_brand_external_id_idx ON raw_products (brand, external_id);
 CREATE INDEX IF NOT EXISTS raw_products_external_id_idx ON raw_products (external_id);
 CREATE INDEX IF NOT EXISTS scraper_logs_name_started_idx ON scraper_logs (scraper_name, started_at DESC);

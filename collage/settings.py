@@ -6,16 +6,15 @@ import dataclasses
 import functools
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from collage.constants import COLLAGE_PREFIX
+from collage import env_values as values
 from collage.errors import ConfigError
 
 T = TypeVar("T")
@@ -25,6 +24,22 @@ DEFAULT_REGION = "us-east-1"
 DEFAULT_ORIGINALS_PREFIX = "originals/"
 DEFAULT_WEB_HOST = "127.0.0.1"
 DEFAULT_WEB_PORT = 8080
+# Collages are written public-read, as the worker this one replaces wrote them: the try-on stage
+# fetches collage_url without keys where the bucket relies on object ACLs. "none" sends no ACL
+# (buckets with ACLs disabled, whose policy decides).
+DEFAULT_COLLAGE_ACL = "public-read"
+_DEFAULT_ACL: str | None = DEFAULT_COLLAGE_ACL
+CANNED_ACLS = frozenset(
+    {
+        "private",
+        "public-read",
+        "authenticated-read",
+        "bucket-owner-read",
+        "bucket-owner-full-control",
+    }
+)
+# The key of a SKU's collage never changes while its content does: caches must ask again.
+DEFAULT_COLLAGE_CACHE_CONTROL = "no-cache"
 DEFAULT_BATCH_SIZE = 100
 DEFAULT_QUALITY = 95
 # The lowest quality COLLAGE_MAX_BYTES may push a collage to: below 70, 4:4:4 JPEG's blocks and
@@ -37,7 +52,6 @@ DEFAULT_BUILD_CPU_S = 30
 # Memory a build may add to its child process (imports, about 280 MiB, come on top): the worst
 # accepted build, a 64 MP lossless WebP on a 150 MP canvas, peaks at 1.6 GiB; two fit in 4 GB.
 DEFAULT_BUILD_MEMORY_MB = 1792
-MIN_WEB_TOKEN_CHARS = 16
 # libpq parameters whose values are secrets (passfile and sslkey name files, not secrets).
 SECRET_PARAMETERS = frozenset({"password", "sslpassword", "oauth_client_secret"})
 
@@ -52,8 +66,10 @@ class Database:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Database:
         """Read the two database URLs; raise ConfigError naming the bad one."""
-        url = _required(env, "STAGING_DB_URL", _dsn)
-        return cls(url=url, session_url=_optional(env, "STAGING_DB_SESSION_URL", _dsn, url))
+        url = values.required(env, "STAGING_DB_URL", values.dsn)
+        return cls(
+            url=url, session_url=values.optional(env, "STAGING_DB_SESSION_URL", values.dsn, url)
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,6 +85,8 @@ class Settings:
     s3_region: str = DEFAULT_REGION
     s3_public_url: str = ""
     s3_originals_prefix: str = DEFAULT_ORIGINALS_PREFIX
+    s3_collage_acl: str | None = DEFAULT_COLLAGE_ACL  # None: no ACL on the request
+    s3_collage_cache_control: str = DEFAULT_COLLAGE_CACHE_CONTROL
     batch_size: int = DEFAULT_BATCH_SIZE
     collage_quality: int = DEFAULT_QUALITY
     collage_max_bytes: int | None = None  # off: collages of any size
@@ -101,39 +119,50 @@ class Settings:
         return cls(
             db_url=database.url,
             db_session_url=database.session_url,
-            s3_endpoint=_required(env, "S3_ENDPOINT", _http_url),
-            s3_access_key=_required(env, "S3_ACCESS_KEY", str),
-            s3_secret_key=_required(env, "S3_SECRET_KEY", str),
-            s3_bucket=_optional(env, "S3_BUCKET", _bucket, DEFAULT_BUCKET),
-            s3_region=_optional(env, "S3_REGION", str, DEFAULT_REGION),
-            s3_public_url=_optional(env, "S3_PUBLIC_URL", _http_url, ""),
-            s3_originals_prefix=_optional(
-                env, "S3_ORIGINALS_PREFIX", _originals_prefix, DEFAULT_ORIGINALS_PREFIX
+            s3_endpoint=values.required(env, "S3_ENDPOINT", values.http_url),
+            s3_access_key=values.required(env, "S3_ACCESS_KEY", str),
+            s3_secret_key=values.required(env, "S3_SECRET_KEY", str),
+            s3_bucket=values.optional(env, "S3_BUCKET", values.bucket, DEFAULT_BUCKET),
+            s3_region=values.optional(env, "S3_REGION", str, DEFAULT_REGION),
+            s3_public_url=values.optional(env, "S3_PUBLIC_URL", values.http_url, ""),
+            s3_originals_prefix=values.optional(
+                env, "S3_ORIGINALS_PREFIX", values.originals_prefix, DEFAULT_ORIGINALS_PREFIX
             ),
-            batch_size=_optional(env, "BATCH_SIZE", _int_between(1, 10_000), DEFAULT_BATCH_SIZE),
-            collage_quality=_optional(
-                env, "COLLAGE_QUALITY", _int_between(1, 100), DEFAULT_QUALITY
+            s3_collage_acl=values.optional(env, "S3_COLLAGE_ACL", values.acl, _DEFAULT_ACL),
+            s3_collage_cache_control=values.optional(
+                env, "S3_COLLAGE_CACHE_CONTROL", values.header_value, DEFAULT_COLLAGE_CACHE_CONTROL
             ),
-            collage_max_bytes=_optional(
-                env, "COLLAGE_MAX_BYTES", _int_between(1024, 2**31 - 1), None
+            batch_size=values.optional(
+                env, "BATCH_SIZE", values.int_between(1, 10_000), DEFAULT_BATCH_SIZE
             ),
-            collage_min_quality=_optional(
-                env, "COLLAGE_MIN_QUALITY", _int_between(1, 100), DEFAULT_MIN_QUALITY
+            collage_quality=values.optional(
+                env, "COLLAGE_QUALITY", values.int_between(1, 100), DEFAULT_QUALITY
             ),
-            worker_concurrency=_optional(
-                env, "WORKER_CONCURRENCY", _int_between(1, 64), DEFAULT_CONCURRENCY
+            collage_max_bytes=values.optional(
+                env, "COLLAGE_MAX_BYTES", values.int_between(1024, 2**31 - 1), None
             ),
-            build_cpu_s=_optional(
-                env, "COLLAGE_CPU_LIMIT_S", _int_between(1, 3600), DEFAULT_BUILD_CPU_S
+            collage_min_quality=values.optional(
+                env, "COLLAGE_MIN_QUALITY", values.int_between(1, 100), DEFAULT_MIN_QUALITY
             ),
-            build_memory_mb=_optional(
-                env, "COLLAGE_MEMORY_LIMIT_MB", _int_between(256, 65536), DEFAULT_BUILD_MEMORY_MB
+            worker_concurrency=values.optional(
+                env, "WORKER_CONCURRENCY", values.int_between(1, 64), DEFAULT_CONCURRENCY
             ),
-            temp_dir=_optional(env, "TEMP_DIR", Path, None) or _default_temp_dir(),
-            metrics_port=_optional(env, "METRICS_PORT", _int_between(1, 65535), None),
-            web_host=_optional(env, "WEB_HOST", _host, DEFAULT_WEB_HOST),
-            web_port=_optional(env, "WEB_PORT", _int_between(1, 65535), DEFAULT_WEB_PORT),
-            web_token=_optional(env, "WEB_TOKEN", _token, None),
+            build_cpu_s=values.optional(
+                env, "COLLAGE_CPU_LIMIT_S", values.int_between(1, 3600), DEFAULT_BUILD_CPU_S
+            ),
+            build_memory_mb=values.optional(
+                env,
+                "COLLAGE_MEMORY_LIMIT_MB",
+                values.int_between(256, 65536),
+                DEFAULT_BUILD_MEMORY_MB,
+            ),
+            temp_dir=values.optional(env, "TEMP_DIR", Path, None) or _default_temp_dir(),
+            metrics_port=values.optional(env, "METRICS_PORT", values.int_between(1, 65535), None),
+            web_host=values.optional(env, "WEB_HOST", values.host, DEFAULT_WEB_HOST),
+            web_port=values.optional(
+                env, "WEB_PORT", values.int_between(1, 65535), DEFAULT_WEB_PORT
+            ),
+            web_token=values.optional(env, "WEB_TOKEN", values.token, None),
         )
 
     def replace(self, **changes: object) -> Settings:
@@ -173,89 +202,3 @@ def _default_temp_dir() -> Path:
         return Path(tempfile.gettempdir()) / "collage"
     except FileNotFoundError:  # a read-only root without a tmpfs
         raise ConfigError("TEMP_DIR is not set and no temporary folder is writable") from None
-
-
-def _required(env: Mapping[str, str], name: str, parse: Callable[[str], T]) -> T:
-    raw = env.get(name, "").strip()
-    if not raw:
-        raise ConfigError(f"{name} is not set")
-    return _parse(name, raw, parse)
-
-
-def _optional(env: Mapping[str, str], name: str, parse: Callable[[str], T], default: T) -> T:
-    raw = env.get(name, "").strip()
-    return _parse(name, raw, parse) if raw else default
-
-
-def _parse(name: str, raw: str, parse: Callable[[str], T]) -> T:
-    try:
-        return parse(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name} is invalid: {exc}") from None
-
-
-def _dsn(raw: str) -> str:
-    try:
-        conninfo_to_dict(raw)
-    except psycopg.ProgrammingError:
-        raise ValueError("expected a postgresql://user@host:port/dbname URL") from None
-    return raw
-
-
-def _http_url(raw: str) -> str:
-    try:
-        parts = urlsplit(raw)
-        hostname = parts.hostname
-    except ValueError:
-        raise ValueError("expected an http(s)://host URL") from None
-    if parts.username is not None or parts.password is not None:
-        # It would be printed by `collage health` and written into every collage_url.
-        raise ValueError("must not hold credentials; use S3_ACCESS_KEY and S3_SECRET_KEY")
-    if parts.scheme not in {"http", "https"} or not hostname:
-        raise ValueError(f"expected an http(s)://host URL, got {raw!r}")
-    return raw
-
-
-def _originals_prefix(raw: str) -> str:
-    segments = raw.split("/")
-    if (
-        not raw.endswith("/")
-        or raw.startswith("/")
-        or any(s in {"", ".", ".."} for s in segments[:-1])
-    ):
-        raise ValueError(f"expected a key prefix such as originals/, got {raw!r}")
-    if raw.startswith(f"{COLLAGE_PREFIX}/"):
-        raise ValueError(f"{COLLAGE_PREFIX}/ is where collages are written, never read")
-    return raw
-
-
-def _bucket(raw: str) -> str:
-    if not (3 <= len(raw) <= 63) or not all(c.isalnum() or c in "-." for c in raw):
-        raise ValueError(f"{raw!r} is not a valid bucket name")
-    return raw
-
-
-def _int_between(low: int, high: int) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ValueError(f"expected a whole number, got {raw!r}") from None
-        if not low <= value <= high:
-            raise ValueError(f"{value} is outside {low}..{high}")
-        return value
-
-    return parse
-
-
-def _host(raw: str) -> str:
-    if any(c.isspace() or c in "/[]@" for c in raw.strip("[]")):
-        raise ValueError(f"expected an address or host name such as 127.0.0.1, got {raw!r}")
-    return raw.strip("[]")
-
-
-def _token(raw: str) -> str:
-    # Whoever has it can requeue and cancel every SKU: it must not be guessable.
-    if len(raw) < MIN_WEB_TOKEN_CHARS:
-        raise ValueError(f"must be at least {MIN_WEB_TOKEN_CHARS} characters (it is {len(raw)})")
-    return raw

@@ -26,6 +26,7 @@ def main(log_format: str, verbose: bool) -> None:
 
 for command in (
     service.migrate_command,
+    service.uninstall_command,
     service.worker_command,
     service.make_command,
     service.sweep_command,

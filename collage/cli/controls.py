@@ -91,8 +91,8 @@ def operator() -> str:
 @click.option("--cancelled", is_flag=True, help="Requeue cancelled SKUs instead of errored ones.")
 @database_errors
 def requeue_command(where: controls.SkuFilter, dry_run: bool, yes: bool, cancelled: bool) -> None:
-    """Put errored (or cancelled) SKUs back in the queue: they become 'uploaded' and are queued."""
-    status = "cancelled" if cancelled else "error"
+    """Put errored (or cancelled) SKUs back in the queue: 'uploaded' again, and queued."""
+    status = controls.CANCELLED if cancelled else "error"
     database = load_database()
     with db.connect_dicts(database.url) as conn:
         rows = controls.errored(conn, where, status=status)
@@ -101,10 +101,8 @@ def requeue_command(where: controls.SkuFilter, dry_run: bool, yes: bool, cancell
             return
         if dry_run:
             for row in rows:
-                click.echo(
-                    f"{row['product_id']}\t{row['brand']}/{row['external_id']}\t"
-                    f"{row['error_message']}"
-                )
+                why = f"cancelled by {row['cancelled_by']}" if cancelled else row["error_message"]
+                click.echo(f"{row['product_id']}\t{row['brand']}/{row['external_id']}\t{why}")
             click.echo(f"{len(rows)} SKU(s) would be requeued")
             return
         if where.is_empty and not yes:
@@ -118,9 +116,9 @@ def requeue_command(where: controls.SkuFilter, dry_run: bool, yes: bool, cancell
 @sku_filters(errors=False)
 @database_errors
 def cancel_command(where: controls.SkuFilter, dry_run: bool, yes: bool) -> None:
-    """Cancel waiting builds: the SKUs become 'cancelled' (running builds finish).
+    """Cancel waiting builds (running builds finish); a new upload queues the SKU again.
 
-    `collage requeue --cancelled` queues them again.
+    The rows keep their image_status ('uploaded'): `collage requeue --cancelled` queues them.
     """
     database = load_database()
     with db.connect_dicts(database.url) as conn:

@@ -12,7 +12,7 @@ import click
 
 from collage.cli.common import Fail, database_errors, load_database, load_settings
 from collage.constants import GRACEFUL_TIMEOUT_S, STALLED_WORKER_S, drain_s
-from collage.db import connect_async, migrate
+from collage.db import connect, connect_async, migrate, uninstall
 from collage.errors import CollageError
 from collage.settings import DEFAULT_MIN_QUALITY, DEFAULT_QUALITY, redact
 
@@ -46,6 +46,36 @@ def migrate_command(show_status: bool) -> None:
     for name in applied:
         click.echo(f"applied {name}")
     click.echo(f"{len(applied)} migration(s) applied" if applied else "already up to date")
+
+
+@click.command("uninstall")
+@click.option("--yes", is_flag=True, help="Run the SQL (in one transaction); without it, print it.")
+@click.option(
+    "--drop-columns",
+    is_flag=True,
+    help="Also drop raw_products.upload_generation and uploaded_at, which the project added.",
+)
+@database_errors
+def uninstall_command(yes: bool, drop_columns: bool) -> None:
+    """Remove the project from the database (triggers first); print the SQL unless --yes.
+
+    raw_products and scraper_logs keep their rows; the downloader's writes no longer queue jobs.
+    """
+    dsn = load_database().session_url
+    with connect(dsn) as conn, migrate.migration_lock(conn):
+        steps = uninstall.plan(conn, drop_columns=drop_columns)
+        if not steps:
+            click.echo("nothing of collage is in this database")
+            return
+        if not yes:
+            click.echo(f"-- database: {redact(dsn)}; run again with --yes to apply")
+            click.echo("BEGIN;")
+            for step in steps:
+                click.echo(f"{step.as_string(conn)};")
+            click.echo("COMMIT;")
+            return
+        uninstall.run(conn, steps)
+    click.echo(f"removed: {len(steps)} statement(s) in one transaction")
 
 
 @click.command("worker")
@@ -135,20 +165,27 @@ def make_command(
 
 
 @click.command("sweep")
-@click.option("--limit", type=click.IntRange(1), help="SKUs to queue at most [BATCH_SIZE].")
+@click.option("--batch", type=click.IntRange(1), help="SKUs queued per transaction [BATCH_SIZE].")
 @database_errors
-def sweep_command(limit: int | None) -> None:
-    """Queue 'uploaded' SKUs that have no job now, and log the batch (the 15-minute sweep)."""
-    from collage.queue.periodic import run_sweep
+def sweep_command(batch: int | None) -> None:
+    """Queue every 'uploaded' SKU no job covers (the backlog at adoption), and log the batch."""
+    from collage.queue.periodic import Swept, run_sweep
 
     settings = load_settings()
 
-    async def run() -> list[int]:
+    async def run() -> Swept:
         async with await connect_async(settings.db_url) as conn:
-            return await run_sweep(conn, limit=limit or settings.batch_size)
+            return await run_sweep(conn, batch=batch or settings.batch_size)
 
-    queued = asyncio.run(run())
-    click.echo(f"queued {len(queued)} SKU(s)")
+    swept = asyncio.run(run())
+    click.echo(f"queued {len(swept.queued)} SKU(s)")
+    if swept.logged:
+        click.echo(
+            f"logged to scraper_logs: {swept.logged['records_fetched']} SKU(s) taken,"
+            f" {swept.logged['records_new']} built, {swept.logged['records_errors']} failed"
+        )
+    if swept.refused:
+        click.secho(f"scraper_logs refused the batch row: {swept.refused}", err=True, fg="yellow")
 
 
 @click.command("health")

@@ -50,6 +50,11 @@ def jobs_command(as_json: bool, failure_count: int) -> None:
             f" ({pause['held']} held back){': ' + pause['reason'] if pause['reason'] else ''}"
         )
     click.echo(f"oldest waiting: {age(s['oldest_waiting_for'])}")
+    if s["skus_unqueued"]:
+        click.echo(
+            f"NOT QUEUED {s['skus_unqueued']} SKU(s) 'uploaded' with no job: a worker's start"
+            " or `collage sweep` queues them"
+        )
     click.echo(
         f"SKUs uploaded {s['skus_uploaded']}  error {s['skus_error']}"
         f"  cancelled {s['skus_cancelled']}  last hour: built"

@@ -17,6 +17,7 @@ from collage.constants import BUILD_TASK, LOCK_PREFIX, QUEUE
 
 Row = dict[str, Any]
 EVERYTHING = "*"  # the scope of a pause of every brand
+CANCELLED = "cancelled"  # a state of the project's (collage_cancellations), not an image_status
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,14 +62,25 @@ _MATCHES = """
 
 
 def errored(conn: psycopg.Connection[Row], where: SkuFilter, *, status: str = "error") -> list[Row]:
-    """List the SKUs in `status` ('error' or 'cancelled') a filter selects, oldest first."""
+    """List the SKUs 'error' or cancelled (`status`) that a filter selects, oldest first."""
+    if status == CANCELLED:
+        query = (
+            "SELECT p.id AS product_id, p.brand, p.external_id, p.error_message,"
+            " c.cancelled_at AS updated_at, c.cancelled_by"
+            " FROM raw_products p JOIN collage_cancellations c"
+            "   ON c.product_id = p.id AND c.generation = p.upload_generation"
+            " WHERE p.image_status = 'uploaded'" + _MATCHES + "   AND (%(older)s::interval IS NULL"
+            " OR c.cancelled_at < now() - %(older)s::interval)"
+            " ORDER BY c.cancelled_at, p.id LIMIT %(limit)s"
+        )
+        return conn.execute(query, where.params()).fetchall()
     return conn.execute(
         "SELECT p.id AS product_id, p.brand, p.external_id, p.error_message, p.updated_at"
-        " FROM raw_products p WHERE p.image_status = %(status)s"
+        " FROM raw_products p WHERE p.image_status = 'error'"
         + _MATCHES
         + "   AND (%(older)s::interval IS NULL OR p.updated_at < now() - %(older)s::interval)"
         " ORDER BY p.updated_at, p.id LIMIT %(limit)s",
-        {**where.params(), "status": status},
+        where.params(),
     ).fetchall()
 
 
@@ -79,20 +91,35 @@ def requeue(
     status: str = "error",
     batch: int = 500,
 ) -> Iterator[int]:
-    """Set SKUs still in `status` back to 'uploaded' (the trigger queues them), in batches.
+    """Queue SKUs still 'error' (back to 'uploaded': the trigger queues them) or cancelled.
 
-    Yields how many each batch requeued. Their automatic-retry count starts again.
+    In batches; yields how many each batch requeued. Their automatic-retry count starts again.
     """
     for start in range(0, len(ids), batch):
         chunk = list(ids[start : start + batch])
         with conn.transaction():
-            cur = conn.execute(
-                "UPDATE raw_products SET image_status = 'uploaded', error_message = NULL,"
-                " updated_at = now() WHERE id = ANY(%s) AND image_status = %s",
-                [chunk, status],
-            )
+            if status == CANCELLED:
+                cur = conn.execute(_UNCANCEL, [chunk])
+            else:
+                cur = conn.execute(
+                    "UPDATE raw_products SET image_status = 'uploaded', error_message = NULL,"
+                    " updated_at = now() WHERE id = ANY(%s) AND image_status = 'error'",
+                    [chunk],
+                )
             conn.execute("DELETE FROM collage_retry_rounds WHERE product_id = ANY(%s)", [chunk])
         yield cur.rowcount
+
+
+# The cancellations of these SKUs' current uploads end, and their builds are queued again.
+_UNCANCEL = """
+WITH ended AS (
+    DELETE FROM collage_cancellations c USING raw_products p
+     WHERE c.product_id = ANY(%s) AND p.id = c.product_id
+       AND p.upload_generation = c.generation AND p.image_status = 'uploaded'
+    RETURNING c.product_id
+)
+SELECT product_id, collage_enqueue(product_id) FROM ended
+"""
 
 
 def waiting(conn: psycopg.Connection[Row], where: SkuFilter) -> list[Row]:
@@ -115,17 +142,18 @@ def waiting(conn: psycopg.Connection[Row], where: SkuFilter) -> list[Row]:
 def cancel(
     conn: psycopg.Connection[Row], ids: Sequence[int], *, by: str, batch: int = 500
 ) -> Iterator[int]:
-    """Cancel the waiting builds of these SKUs; they become 'cancelled', named in error_message.
+    """Cancel the waiting builds of these SKUs' current uploads (collage_cancellations).
 
-    A build already running is left to finish. Yields how many each batch cancelled.
+    The rows are not touched: their image_status stays 'uploaded', whatever values the table
+    allows. A build already running is left to finish; a new upload ends the cancellation.
+    Yields how many each batch cancelled.
     """
-    message = f"cancelled by {by}; `collage requeue --cancelled` queues it again"
     for start in range(0, len(ids), batch):
         chunk = list(ids[start : start + batch])
         cur = conn.execute(
             """
             WITH chosen AS (
-                SELECT p.id FROM raw_products p
+                SELECT p.id, p.upload_generation FROM raw_products p
                  WHERE p.id = ANY(%(ids)s) AND p.image_status = 'uploaded'
                    AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs d
                                     WHERE d.lock = %(prefix)s || p.id AND d.status = 'doing')
@@ -135,11 +163,13 @@ def cancel(
                   FROM chosen WHERE j.queueing_lock = %(prefix)s || chosen.id
                    AND j.status = 'todo' AND j.task_name = %(task)s
             )
-            UPDATE raw_products p SET image_status = 'cancelled', error_message = %(message)s,
-                   updated_at = now()
-              FROM chosen WHERE p.id = chosen.id
+            INSERT INTO collage_cancellations (product_id, generation, cancelled_by)
+            SELECT id, upload_generation, %(by)s FROM chosen
+                ON CONFLICT (product_id) DO UPDATE
+               SET generation = EXCLUDED.generation, cancelled_by = EXCLUDED.cancelled_by,
+                   cancelled_at = now()
             """,
-            {"ids": chunk, "prefix": LOCK_PREFIX, "task": BUILD_TASK, "message": message},
+            {"ids": chunk, "prefix": LOCK_PREFIX, "task": BUILD_TASK, "by": by},
         )
         yield cur.rowcount
 

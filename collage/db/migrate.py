@@ -7,10 +7,12 @@ session-level advisory lock, so two deploys migrating at once take turns.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata, resources
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from collage.db import preflight
 from collage.db.connect import connect
 
 logger = logging.getLogger(__name__)
@@ -27,6 +30,7 @@ PROCRASTINATE_PREFIX = "procrastinate/"
 # Any constant works as long as nothing else in the database uses it for another purpose.
 ADVISORY_LOCK_KEY = 7_324_019_551
 NO_TRANSACTION = "-- collage: no-transaction"
+QUEUEING_TRIGGERS = r"raw\_products\_upload\_%"  # LIKE: the project's triggers on raw_products
 LOCK_POLL_S = 0.2
 
 _CREATE_LEDGER = """
@@ -115,50 +119,79 @@ def status(dsn: str, *, folder: Path | None = None) -> Status:
 
 def apply(dsn: str, *, folder: Path | None = None) -> list[str]:
     """Apply whatever is pending and return the names applied (empty when up to date)."""
+    with connect(dsn) as conn, migration_lock(conn):
+        has_procrastinate = _has_procrastinate(conn)
+        if not has_procrastinate or _pending(_applied(conn), has_procrastinate, folder):
+            try:
+                preflight.check(conn)  # before the first write
+            except preflight.NotReady as exc:
+                raise MigrationError(str(exc)) from None
+        return _apply_pending(conn, folder)
+
+
+@contextlib.contextmanager
+def migration_lock(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """Hold the lock that makes deploys migrating (or uninstalling) at once take turns."""
+    _take_lock(conn)
+    try:
+        yield
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", [ADVISORY_LOCK_KEY])
+
+
+def _apply_pending(conn: psycopg.Connection[Any], folder: Path | None) -> list[str]:
     done: list[str] = []
-    with connect(dsn) as conn:
-        _refuse_encoding(conn)
-        _take_lock(conn)
-        try:
-            conn.execute(_CREATE_LEDGER)
-            applied = _applied(conn)
-            if not _has_procrastinate(conn):
-                _install_procrastinate(conn)
-                done.append(_schema_name())
-                applied = _applied(conn)
-            elif not any(name.startswith(PROCRASTINATE_PREFIX) for name in applied):
-                logger.warning(
-                    "procrastinate schema found but not recorded; assuming it is current",
-                    extra={"action": "migrate", "version": _procrastinate_version()},
-                )
-                _record(conn, [m.name for m in procrastinate_migrations()])
-                applied = _applied(conn)
-            _refuse_edited(conn, project_migrations(folder))
-            for migration in _pending(applied, True, folder):
-                if migration.transactional:
-                    with conn.transaction():
-                        conn.execute(migration.sql())
-                        _record(conn, [migration.name], sha256=migration.sha256())
-                else:
-                    for statement in migration.statements():
-                        _run_concurrently(conn, statement)
-                    _record(conn, [migration.name], sha256=migration.sha256())
-                logger.info("migration applied", extra={"migration": migration.name})
-                done.append(migration.name)
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", [ADVISORY_LOCK_KEY])
+    # On a first install the triggers that queue builds stay off until every migration has
+    # been applied: a run that fails half way leaves nothing queueing jobs nobody would build.
+    arming = not _queueing_triggers(conn)
+    conn.execute(_CREATE_LEDGER)
+    applied = _applied(conn)
+    if not _has_procrastinate(conn):
+        _install_procrastinate(conn)
+        done.append(_schema_name())
+        applied = _applied(conn)
+    elif not any(name.startswith(PROCRASTINATE_PREFIX) for name in applied):
+        logger.warning(
+            "procrastinate schema found but not recorded; assuming it is current",
+            extra={"action": "migrate", "version": _procrastinate_version()},
+        )
+        _record(conn, [m.name for m in procrastinate_migrations()])
+        applied = _applied(conn)
+    _refuse_edited(conn, project_migrations(folder))
+    for migration in _pending(applied, True, folder):
+        if migration.transactional:
+            with conn.transaction():
+                conn.execute(migration.sql())
+                if arming:
+                    _switch_queueing_triggers(conn, on=False)
+                _record(conn, [migration.name], sha256=migration.sha256())
+        else:
+            for statement in migration.statements():
+                _run_concurrently(conn, statement)
+            _record(conn, [migration.name], sha256=migration.sha256())
+        logger.info("migration applied", extra={"migration": migration.name})
+        done.append(migration.name)
+    _switch_queueing_triggers(conn, on=True)
     return done
 
 
-def _refuse_encoding(conn: psycopg.Connection) -> None:
-    """Stop on a database that cannot hold the schema's text (SQL_ASCII, LATIN1...)."""
-    # Reported by the server at connection time: no query, whose text could not be decoded.
-    encoding, name = conn.info.parameter_status("server_encoding"), conn.info.dbname
-    if encoding != "UTF8":
-        raise MigrationError(
-            f"database {name} is encoded {encoding}; collage needs UTF8"
-            f" (CREATE DATABASE {name} ENCODING 'UTF8' TEMPLATE template0)"
-        )
+def _queueing_triggers(conn: psycopg.Connection[Any]) -> list[tuple[str, bool]]:
+    """The project's triggers on raw_products, and whether each is on."""
+    rows = conn.execute(
+        "SELECT t.tgname, t.tgenabled <> 'D' FROM pg_trigger t"
+        " WHERE t.tgrelid = to_regclass('raw_products') AND t.tgname LIKE %s ORDER BY t.tgname",
+        [QUEUEING_TRIGGERS],
+    ).fetchall()
+    return [(str(name), bool(on)) for name, on in rows]
+
+
+def _switch_queueing_triggers(conn: psycopg.Connection[Any], *, on: bool) -> None:
+    for name, is_on in _queueing_triggers(conn):
+        if is_on != on:
+            verb = sql.SQL("ENABLE" if on else "DISABLE")
+            conn.execute(
+                sql.SQL("ALTER TABLE raw_products {} TRIGGER {}").format(verb, sql.Identifier(name))
+            )
 
 
 def _take_lock(conn: psycopg.Connection) -> None:

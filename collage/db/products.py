@@ -14,6 +14,8 @@ from psycopg import AsyncConnection
 
 from collage.constants import HOURLY_RETRY_SETTING, LOCK_PREFIX
 
+MESSAGE_CHARS = 2000  # error_message is cut to this: one line an operator reads, not a dump
+
 # A SKU's collage key is collages/{brand}/{external_id}.jpg: two rows with the same pair would
 # write the same object. The newer upload owns it; the other row is marked 'error' naming it.
 KEY_TAKEN = (
@@ -119,7 +121,7 @@ async def mark_error(conn: AsyncConnection, product: Product, *, message: str) -
     await conn.execute(
         "UPDATE raw_products SET image_status = 'error', error_message = %s, updated_at = now()"
         " WHERE id = %s",
-        [message[:2000], product.id],
+        [message[:MESSAGE_CHARS], product.id],
     )
 
 
@@ -153,7 +155,11 @@ async def enqueue(
 
 
 async def enqueue_unqueued(conn: AsyncConnection, *, limit: int) -> list[int]:
-    """Queue 'uploaded' SKUs that have no waiting or running job (the safety sweep)."""
+    """Queue up to `limit` 'uploaded' SKUs no job covers, oldest first (the sweep, adoption).
+
+    Rows written before the triggers existed, or while they were off. Cancelled SKUs stay out.
+    Brands interleave by the fair-share tags collage_enqueue gives, whatever the order here.
+    """
     cur = await conn.execute(
         """
         WITH lost AS (
@@ -163,6 +169,8 @@ async def enqueue_unqueued(conn: AsyncConnection, *, limit: int) -> list[int]:
                                 WHERE j.queueing_lock = %(prefix)s || p.id AND j.status = 'todo')
                AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs j
                                 WHERE j.lock = %(prefix)s || p.id AND j.status = 'doing')
+               AND NOT EXISTS (SELECT 1 FROM collage_cancellations c
+                                WHERE c.product_id = p.id AND c.generation = p.upload_generation)
              ORDER BY p.updated_at, p.id LIMIT %(limit)s
         )
         SELECT id FROM lost WHERE collage_enqueue(id) IS NOT NULL
@@ -175,8 +183,17 @@ async def enqueue_unqueued(conn: AsyncConnection, *, limit: int) -> list[int]:
 async def requeue_errored(
     conn: AsyncConnection, *, limit: int, cooldown_s: float, max_rounds: int
 ) -> list[int]:
-    """Set errored SKUs back to 'uploaded' (the trigger queues them), a few rounds at most."""
-    params = {"cooldown": cooldown_s, "max_rounds": max_rounds, "limit": limit}
+    """Set SKUs this project marked 'error' back to 'uploaded', a few rounds at most.
+
+    Only errors it wrote itself (the message is one of its outcomes for that SKU): errors another
+    worker left, months ago perhaps, stay as they are until someone requeues them.
+    """
+    params = {
+        "cooldown": cooldown_s,
+        "max_rounds": max_rounds,
+        "limit": limit,
+        "message_chars": MESSAGE_CHARS,
+    }
     async with conn.transaction():
         # Tells the trigger this is a retry, not a new upload: the rounds count must stay.
         await conn.execute("SELECT set_config(%s, 'on', true)", [HOURLY_RETRY_SETTING])
@@ -191,6 +208,9 @@ WITH due AS (
      WHERE p.image_status = 'error'
        AND p.updated_at < now() - %(cooldown)s * interval '1 second'
        AND coalesce(r.rounds, 0) < %(max_rounds)s
+       AND EXISTS (SELECT 1 FROM collage_outcomes o
+                    WHERE o.product_id = p.id AND o.outcome = 'error'
+                      AND left(o.message, %(message_chars)s) = p.error_message)
      ORDER BY p.updated_at, p.id
      LIMIT %(limit)s
        FOR UPDATE OF p SKIP LOCKED

@@ -8,10 +8,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
+import psycopg
 from procrastinate import JobContext
 from procrastinate.tasks import Task
 from psycopg import AsyncConnection
@@ -25,6 +26,7 @@ from collage.constants import (
     SWEEP_TASK,
 )
 from collage.db import outcomes, products, progress
+from collage.errors import one_line
 from collage.queue import rescue
 from collage.queue.app import app
 from collage.queue.resources import connection, resources_of
@@ -57,22 +59,55 @@ def _maintenance(
     )
 
 
+@dataclass(frozen=True)
+class Swept:
+    """What a sweep did: the SKUs it queued, the batch it logged, why scraper_logs refused it."""
+
+    queued: list[int]
+    logged: dict[str, Any] | None
+    refused: str | None = None
+
+
 @app.periodic(cron="*/15 * * * *")
 @_maintenance(SWEEP_TASK)
 async def sweep(context: JobContext, timestamp: int | None = None) -> list[int]:
-    """Queue 'uploaded' SKUs that have no job, and log the batch to scraper_logs."""
+    """Queue every 'uploaded' SKU no job covers, and log the batch to scraper_logs."""
     resources = resources_of(context)
     async with connection(context) as conn:
-        return await run_sweep(conn, limit=resources.settings.batch_size)
+        swept = await run_sweep(conn, batch=resources.settings.batch_size)
+    if swept.refused and resources.warn_once(swept.refused):
+        logger.warning(
+            "scraper_logs refused the batch row; batches go unlogged until the table takes it",
+            extra={"action": "sweep", "error": swept.refused},
+        )
+    return swept.queued
 
 
-async def run_sweep(conn: AsyncConnection, *, limit: int) -> list[int]:
-    """Do what the periodic sweep does (also `collage sweep`)."""
-    started_at = datetime.now(UTC)
-    queued = await products.enqueue_unqueued(conn, limit=limit)
-    summary = await outcomes.log_batch(conn, started_at=started_at)
-    logger.info("sweep done", extra={"action": "sweep", "queued": len(queued), **summary})
-    return queued
+async def run_sweep(conn: AsyncConnection, *, batch: int) -> Swept:
+    """Do what the periodic sweep does (also `collage sweep`, `collage adopt`).
+
+    The SKUs are queued `batch` at a time, each batch committed, so a backlog of thousands at
+    the first start is queued whole in one sweep; the scraper_logs row is written after, in a
+    transaction of its own: a table that refuses it costs the log line, never the queueing.
+    """
+    queued: list[int] = []
+    while True:
+        async with conn.transaction():
+            found = await products.enqueue_unqueued(conn, limit=batch)
+        queued += found
+        if len(found) < batch:
+            break
+    refused = None
+    try:
+        async with conn.transaction():
+            logged = await outcomes.log_batch(conn)
+    except psycopg.DatabaseError as exc:
+        logged, refused = None, one_line(exc)
+    logger.info(
+        "sweep done",
+        extra={"action": "sweep", "queued": len(queued), "logged": logged, "refused": refused},
+    )
+    return Swept(queued, logged, refused)
 
 
 @app.periodic(cron="30 * * * *")

@@ -50,6 +50,7 @@ class Resources:
         default_factory=lambda: ThreadPoolExecutor(thread_name_prefix="collage")
     )
     handovers: set[asyncio.Task[None]] = field(default_factory=set)
+    warned: set[str] = field(default_factory=set)  # problems already logged by this worker
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Resources:
@@ -67,6 +68,12 @@ class Resources:
         """Run a blocking call on the executor."""
         call = functools.partial(func, *args, **kwargs)
         return await asyncio.get_running_loop().run_in_executor(self.executor, call)
+
+    def warn_once(self, problem: str) -> bool:
+        """True the first time this worker meets a problem: say it once, not every tick."""
+        new = problem not in self.warned
+        self.warned.add(problem)
+        return new
 
     def track(self, handover: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run a SKU's hand-over at shutdown so that the worker can wait for it to finish."""

@@ -19,6 +19,7 @@ from time import monotonic
 from typing import Any
 
 from procrastinate import JobContext
+from procrastinate.exceptions import AlreadyEnqueued
 from procrastinate.middleware import AsyncCallNext, WorkerMiddleware
 
 from collage.backoff import Backoff
@@ -32,7 +33,7 @@ from collage.constants import (
     drain_s,
 )
 from collage.db.liveness import Liveness
-from collage.queue import health, rescue
+from collage.queue import health, periodic, rescue
 from collage.queue.app import bind
 from collage.queue.resources import Resources
 from collage.settings import Settings
@@ -153,6 +154,7 @@ async def _run_once(
     with bind(settings) as app:
         try:
             async with app.open_async():
+                await _sweep_now()
                 worker = asyncio.create_task(
                     app.run_worker_async(
                         queues=[QUEUE],
@@ -214,6 +216,15 @@ async def _beat_every(resources: Resources, liveness: Liveness, worker: asyncio.
             await liveness.check()
             health.write_beat(resources.settings.temp_dir)
         await asyncio.sleep(HEARTBEAT_EVERY_S)
+
+
+async def _sweep_now() -> None:
+    """Queue the sweep at start: SKUs 'uploaded' before the triggers existed are built now.
+
+    At adoption that is the whole backlog, queued at once in fair order, not 15 minutes later.
+    """
+    with contextlib.suppress(AlreadyEnqueued):  # another worker's is waiting already
+        await periodic.sweep.defer_async()
 
 
 def _holding_locks(liveness: Liveness) -> WorkerMiddleware:

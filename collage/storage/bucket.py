@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -27,6 +27,7 @@ CONNECT_TIMEOUT_S = 5
 READ_TIMEOUT_S = 20
 MAX_ATTEMPTS = 3
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+_ACL_REFUSED = {"AccessControlListNotSupported", "NotImplemented"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,6 +39,10 @@ class Bucket:
     endpoint: str
     public_url: str
     originals_prefix: str = "originals/"
+    collage_acl: str | None = None  # a canned ACL for collages; None: the bucket's own rules
+    cache_control: str = "no-cache"
+    # Set once the bucket has refused an ACL: collages are written without one from then on.
+    acl_refused: list[str] = field(default_factory=list, compare=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Bucket:
@@ -63,6 +68,8 @@ class Bucket:
             endpoint=settings.s3_endpoint,
             public_url=settings.s3_public_url,
             originals_prefix=settings.s3_originals_prefix,
+            collage_acl=settings.s3_collage_acl,
+            cache_control=settings.s3_collage_cache_control,
         )
 
     def key_for(self, url: object) -> str:
@@ -108,10 +115,25 @@ class Bucket:
             raise Transient(f"S3 unavailable while getting {key}: {exc}") from exc
 
     def put_jpeg(self, key: str, data: bytes) -> None:
-        """Upload a collage with the content type browsers and CDNs need."""
+        """Upload a collage with its ACL and the headers browsers and CDNs need.
+
+        A bucket whose ACLs are disabled (S3's default for new buckets since 2023) refuses any
+        ACL: the collage is then written without one, and its policy decides who reads it.
+        """
+        headers = {"ContentType": "image/jpeg", "CacheControl": self.cache_control}
+        if self.collage_acl and not self.acl_refused:
+            headers["ACL"] = self.collage_acl
         try:
-            self.client.put_object(Bucket=self.name, Key=key, Body=data, ContentType="image/jpeg")
+            self.client.put_object(Bucket=self.name, Key=key, Body=data, **headers)
         except ClientError as exc:
+            if "ACL" in headers and _error_code(exc) in _ACL_REFUSED:
+                self.acl_refused.append(_error_code(exc))
+                logger.warning(
+                    "the bucket refuses object ACLs; collages are written without one"
+                    " (set S3_COLLAGE_ACL=none to say so)",
+                    extra={"action": "upload", "acl": self.collage_acl, "code": _error_code(exc)},
+                )
+                return self.put_jpeg(key, data)
             raise _transient_or_permanent(exc, f"put {key}") from exc
         except BotoCoreError as exc:
             raise Transient(f"S3 unavailable while putting {key}: {exc}") from exc

@@ -25,6 +25,7 @@ class Fault:
     status: int | None = None
     delay_s: float = 0.0
     trickle_s: float = 0.0
+    code: str = "ServiceUnavailable"  # the S3 error code the answer carries
 
 
 FaultRule = Callable[[str, str], "Fault | None"]
@@ -40,6 +41,7 @@ class FaultyProxy:
         self.upstream = urlsplit(upstream)
         self.rule = rule
         self.seen: list[tuple[str, str, int]] = []
+        self.requests: list[tuple[str, str, dict[str, str]]] = []  # method, path, headers
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -63,12 +65,13 @@ class FaultyProxy:
         """Apply the rule to one request, then forward it or answer with the fault."""
         length = int(request.headers.get("Content-Length") or 0)
         body = request.rfile.read(length) if length else None
+        self.requests.append((request.command, request.path, dict(request.headers.items())))
         fault = self.rule(request.command, request.path)
         if fault and fault.delay_s:
             time.sleep(fault.delay_s)
         if fault and fault.status:
             self.seen.append((request.command, request.path, fault.status))
-            payload = b"<Error><Code>ServiceUnavailable</Code></Error>"
+            payload = f"<Error><Code>{fault.code}</Code></Error>".encode()
             request.send_response(fault.status)
             request.send_header("Content-Length", str(len(payload)))
             request.end_headers()

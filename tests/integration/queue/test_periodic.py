@@ -38,17 +38,17 @@ def test_the_sweep_queues_lost_skus_and_logs_the_batch(
     db.execute(
         "INSERT INTO collage_outcomes (product_id, outcome) VALUES (1, 'built'), (2, 'error')"
     )
-    queued = _run(lambda conn: periodic.run_sweep(conn, limit=2), settings)
-    assert queued == lost[:2]
-    assert queued_already not in queued
+    swept = _run(lambda conn: periodic.run_sweep(conn, batch=2), settings)
+    assert swept.queued == lost and queued_already not in swept.queued  # two per transaction
+    assert swept.refused is None
     log = db.execute(
         "SELECT scraper_name, status, records_fetched, records_new, records_errors,"
         " completed_at >= started_at, duration_seconds >= 0 FROM scraper_logs"
     ).fetchall()
     assert log == [("collage_worker", "partial", 2, 1, 1, True, True)]
-    assert _run(lambda conn: periodic.run_sweep(conn, limit=10), settings) == [lost[2]]
-    second = db.execute("SELECT status, records_fetched FROM scraper_logs ORDER BY id DESC LIMIT 1")
-    assert second.fetchone() == ("success", 0)
+    again = _run(lambda conn: periodic.run_sweep(conn, batch=10), settings)
+    assert (again.queued, again.logged) == ([], None)  # nothing lost, nothing finished since
+    assert db.execute("SELECT count(*) FROM scraper_logs").fetchone() == (1,)
 
 
 def test_errored_skus_are_retried_after_the_cooldown_a_few_rounds_at_most(
