@@ -29,15 +29,6 @@ DEFAULT_WEB_PORT = 8080
 # (buckets with ACLs disabled, whose policy decides).
 DEFAULT_COLLAGE_ACL = "public-read"
 _DEFAULT_ACL: str | None = DEFAULT_COLLAGE_ACL
-CANNED_ACLS = frozenset(
-    {
-        "private",
-        "public-read",
-        "authenticated-read",
-        "bucket-owner-read",
-        "bucket-owner-full-control",
-    }
-)
 # The key of a SKU's collage never changes while its content does: caches must ask again.
 DEFAULT_COLLAGE_CACHE_CONTROL = "no-cache"
 DEFAULT_BATCH_SIZE = 100

@@ -96,7 +96,8 @@ WITH since AS (
            min(finished_at - coalesce(duration_s, 0) * interval '1 second') AS started,
            max(finished_at) AS completed,
            (SELECT jsonb_object_agg(error_class, n) FROM (
-                SELECT coalesce(error_class, 'unknown') AS error_class, count(*) AS n
+                SELECT coalesce(error_class, 'unknown') AS error_class,
+                       count(DISTINCT product_id) AS n
                   FROM done WHERE outcome = 'error' GROUP BY 1) c) AS details
       FROM done
 )

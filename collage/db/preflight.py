@@ -65,11 +65,20 @@ def _encoding(conn: psycopg.Connection[Any]) -> list[str]:
     ]
 
 
+_RIGHTS = """
+SELECT current_user, current_schema(),
+       current_schema() IS NOT NULL AND has_schema_privilege(current_schema(), 'CREATE')
+"""
+_COLUMNS = """
+SELECT c.relname, a.attname, t.typname
+  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_type t ON t.oid = a.atttypid
+ WHERE c.oid = ANY(ARRAY[to_regclass('raw_products'), to_regclass('scraper_logs')])
+   AND a.attnum > 0 AND NOT a.attisdropped
+"""
+
+
 def _schema_rights(conn: psycopg.Connection[Any]) -> list[str]:
-    row = conn.execute(
-        "SELECT current_user, current_schema(),"
-        " current_schema() IS NOT NULL AND has_schema_privilege(current_schema(), 'CREATE')"
-    ).fetchone()
+    row = conn.execute(_RIGHTS).fetchone()
     assert row is not None
     user, schema, may_create = row
     if schema is None:
@@ -84,14 +93,8 @@ def _schema_rights(conn: psycopg.Connection[Any]) -> list[str]:
 
 
 def _columns(conn: psycopg.Connection[Any]) -> list[str]:
-    rows = conn.execute(
-        "SELECT c.relname, a.attname, t.typname FROM pg_attribute a"
-        " JOIN pg_class c ON c.oid = a.attrelid JOIN pg_type t ON t.oid = a.atttypid"
-        " WHERE c.oid = ANY(ARRAY[to_regclass('raw_products'), to_regclass('scraper_logs')])"
-        " AND a.attnum > 0 AND NOT a.attisdropped"
-    ).fetchall()
     have: dict[str, dict[str, str]] = {}
-    for table, column, kind in rows:
+    for table, column, kind in conn.execute(_COLUMNS).fetchall():
         have.setdefault(table, {})[column] = kind
     problems = []
     for table, needed in NEEDED.items():

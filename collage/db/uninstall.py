@@ -19,6 +19,7 @@ from collage.db import migrate
 
 _INDEX = re.compile(r"INDEX\s+(?:CONCURRENTLY\s+)?IF\s+NOT\s+EXISTS\s+(\w+)", re.IGNORECASE)
 ADDED_COLUMNS = ("upload_generation", "uploaded_at")
+OURS, PROCRASTINATE = "collage\\_%", "procrastinate\\_%"  # LIKE patterns of the two prefixes
 
 
 def plan(conn: psycopg.Connection[Any], *, drop_columns: bool) -> list[sql.Composed]:
@@ -33,14 +34,16 @@ def plan(conn: psycopg.Connection[Any], *, drop_columns: bool) -> list[sql.Compo
         sql.SQL("DROP TRIGGER IF EXISTS {} ON raw_products").format(sql.Identifier(name))
         for name in triggers
     ]
-    steps += _drop(conn, "FUNCTION", _functions(conn, "collage\\_%"))
-    steps += _drop(conn, "VIEW", _relations(conn, "collage\\_%", "v"))
-    steps += _drop(conn, "INDEX", [i for i in _project_indexes() if _exists(conn, i)])
-    steps += _drop(conn, "TABLE", _relations(conn, "collage\\_%", "r"))
+    for kind in ("FUNCTION", "VIEW", "INDEX", "TABLE"):
+        names = (
+            [i for i in _project_indexes() if _exists(conn, i)]
+            if kind == "INDEX"
+            else _found(conn, kind, OURS)
+        )
+        steps += _drop(conn, kind, names)
     if _installed_procrastinate(conn):
-        steps += _drop(conn, "TABLE", _relations(conn, "procrastinate\\_%", "r"), cascade=True)
-        steps += _drop(conn, "FUNCTION", _functions(conn, "procrastinate\\_%"), cascade=True)
-        steps += _drop(conn, "TYPE", _types(conn, "procrastinate\\_%"), cascade=True)
+        for kind in ("TABLE", "FUNCTION", "TYPE"):
+            steps += _drop(conn, kind, _found(conn, kind, PROCRASTINATE), cascade=True)
     if drop_columns:
         present = [c for c in ADDED_COLUMNS if _has_column(conn, "raw_products", c)]
         if present:
@@ -85,34 +88,24 @@ def _names(conn: psycopg.Connection[Any], query: str, params: list[object]) -> l
     return [str(row[0]) for row in conn.execute(query, params).fetchall()]
 
 
-def _relations(conn: psycopg.Connection[Any], like: str, kind: str) -> list[str]:
-    return _names(
-        conn,
-        "SELECT c.relname FROM pg_class c WHERE c.relnamespace = current_schema()::regnamespace"
-        " AND c.relkind = %s AND c.relname LIKE %s ORDER BY c.relname",
-        [kind, like],
-    )
+# What of the project's (or Procrastinate's) is in the schema, by kind; %s: a LIKE pattern.
+_CATALOG = {
+    "TABLE": "SELECT relname FROM pg_class WHERE relnamespace = current_schema()::regnamespace"
+    " AND relkind = 'r' AND relname LIKE %s ORDER BY 1",
+    "VIEW": "SELECT relname FROM pg_class WHERE relnamespace = current_schema()::regnamespace"
+    " AND relkind = 'v' AND relname LIKE %s ORDER BY 1",
+    # regprocedure prints a name only where the search_path finds it, quoted where need be.
+    "FUNCTION": "SELECT oid::regprocedure::text FROM pg_proc"
+    " WHERE pronamespace = current_schema()::regnamespace AND proname LIKE %s ORDER BY 1",
+    # Enums and free-standing composite types: a table's row type goes with its table.
+    "TYPE": "SELECT t.typname FROM pg_type t WHERE t.typnamespace = current_schema()::regnamespace"
+    " AND t.typname LIKE %s AND t.typtype IN ('e', 'c') AND NOT EXISTS (SELECT 1 FROM pg_class c"
+    " WHERE c.reltype = t.oid AND c.relkind <> 'c') ORDER BY 1",
+}
 
 
-def _functions(conn: psycopg.Connection[Any], like: str) -> list[str]:
-    # regprocedure prints a name only where the search_path finds it, and quotes what needs it.
-    return _names(
-        conn,
-        "SELECT p.oid::regprocedure::text FROM pg_proc p"
-        " WHERE p.pronamespace = current_schema()::regnamespace AND p.proname LIKE %s"
-        " ORDER BY 1",
-        [like],
-    )
-
-
-def _types(conn: psycopg.Connection[Any], like: str) -> list[str]:
-    return _names(
-        conn,
-        "SELECT t.typname FROM pg_type t WHERE t.typnamespace = current_schema()::regnamespace"
-        " AND t.typname LIKE %s AND t.typtype IN ('e', 'c') AND NOT EXISTS ("
-        " SELECT 1 FROM pg_class c WHERE c.reltype = t.oid AND c.relkind <> 'c') ORDER BY 1",
-        [like],
-    )
+def _found(conn: psycopg.Connection[Any], kind: str, like: str) -> list[str]:
+    return _names(conn, _CATALOG[kind], [like])
 
 
 def _exists(conn: psycopg.Connection[Any], name: str) -> bool:

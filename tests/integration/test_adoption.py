@@ -6,6 +6,7 @@ queue the backlog, run the worker (through PgBouncer), cancel and requeue, and r
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import time
@@ -17,7 +18,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from collage.db import migrate
+from collage.db import migrate, products
 from collage.db.migrate import MigrationError
 from collage.queue import periodic
 from collage.settings import Settings
@@ -321,18 +322,6 @@ def test_the_worker_on_staging_through_pgbouncer_builds_retries_only_its_own_err
         grants = s3.get_object_acl(Bucket=s3_bucket, Key="collages/zara/NEW-1.jpg")["Grants"]
         assert any(g["Grantee"].get("URI", "").endswith("/AllUsers") for g in grants)
 
-        # The hourly retry takes back the errors it made, never those the old worker left.
-        import asyncio
-
-        from collage.db import products
-
-        async def retry() -> list[int]:
-            async with await psycopg.AsyncConnection.connect(small, autocommit=True) as conn:
-                return await products.requeue_errored(conn, limit=50, cooldown_s=0, max_rounds=3)
-
-        assert len(old_errors) == 8
-        assert set(asyncio.run(retry())) == backlog | {bad}
-
         async def sweep() -> periodic.Swept:
             async with await psycopg.AsyncConnection.connect(small, autocommit=True) as conn:
                 return await periodic.run_sweep(conn, batch=100)
@@ -348,12 +337,18 @@ def test_the_worker_on_staging_through_pgbouncer_builds_retries_only_its_own_err
         failed = len(backlog) + 1
         assert logged == (failed + 1, 1, failed, failed + 1, failed)
 
+        # The hourly retry takes back the errors it made, never those the old worker left.
+        async def retry() -> list[int]:
+            async with await psycopg.AsyncConnection.connect(small, autocommit=True) as conn:
+                return await products.requeue_errored(conn, limit=50, cooldown_s=0, max_rounds=3)
+
+        assert len(old_errors) == 8
+        assert set(asyncio.run(retry())) == backlog | {bad}
+
 
 def test_a_scraper_logs_table_that_refuses_the_row_costs_the_log_line_not_the_queueing(
     small: str,
 ) -> None:
-    import asyncio
-
     migrate.apply(small)
     with connect(small) as db:
         db.execute("ALTER TABLE scraper_logs ADD COLUMN run_id text NOT NULL")

@@ -116,7 +116,7 @@ def test_migrate_on_a_database_that_is_not_utf8_says_so_in_one_line(
     finally:
         sandbox.drop_database(admin_dsn, ascii_dsn)
     assert result.exit_code == 1
-    assert f"collage: database {name} is encoded SQL_ASCII; collage needs UTF8" in result.output
+    assert f"database {name}: it is encoded SQL_ASCII; collage needs UTF8" in result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
 
 
@@ -261,6 +261,13 @@ def test_sweep_command(db: psycopg.Connection, settings: Settings) -> None:
     db.execute("ALTER TABLE raw_products ENABLE TRIGGER USER")
     result = run(settings, "sweep")
     assert result.exit_code == 0 and result.stdout.strip() == "queued 1 SKU(s)"
+    assert db.execute("SELECT count(*) FROM scraper_logs").fetchone() == (0,)  # none finished
+    db.execute("INSERT INTO collage_outcomes (product_id, outcome) VALUES (1, 'built')")
+    logged = run(settings, "sweep")
+    assert logged.stdout.splitlines() == [
+        "queued 0 SKU(s)",
+        "logged to scraper_logs: 1 SKU(s) taken, 1 built, 0 failed",
+    ]
     assert db.execute("SELECT count(*) FROM scraper_logs").fetchone() == (1,)
 
 

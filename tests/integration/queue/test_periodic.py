@@ -58,9 +58,18 @@ def test_errored_skus_are_retried_after_the_cooldown_a_few_rounds_at_most(
 
     old = add_product(db, ["s3://b/a.jpg"], status="error")
     fresh = add_product(db, ["s3://b/a.jpg"], status="error")
+    foreign = add_product(db, ["s3://b/a.jpg"], status="error")  # another worker's error
+    for pid in (old, fresh):  # errors of ours: the message is one of the project's outcomes
+        db.execute(
+            "INSERT INTO collage_outcomes (product_id, outcome, message) VALUES (%s, 'error', 'm')",
+            [pid],
+        )
     db.execute(
-        "UPDATE raw_products SET updated_at = now() - interval '2 hours' WHERE id = %s", [old]
+        "UPDATE raw_products SET updated_at = now() - interval '2 hours',"
+        " error_message = CASE WHEN id = %s THEN 'celery: gone' ELSE 'm' END WHERE id IN (%s, %s)",
+        [foreign, old, foreign],
     )
+    db.execute("UPDATE raw_products SET error_message = 'm' WHERE id = %s", [fresh])
 
     def retry(conn):
         return products.requeue_errored(conn, limit=50, cooldown_s=3600, max_rounds=2)
@@ -73,12 +82,13 @@ def test_errored_skus_are_retried_after_the_cooldown_a_few_rounds_at_most(
     assert jobs.fetchone() == (1,)  # the trigger queued it
     for expected in ([old], []):  # a second round, then no more
         db.execute(
-            "UPDATE raw_products SET image_status = 'error',"
+            "UPDATE raw_products SET image_status = 'error', error_message = 'm',"
             " updated_at = now() - interval '2 hours' WHERE id = %s",
             [old],
         )
         assert _run(retry, settings) == expected
     assert fresh not in _run(retry, settings)
+    assert foreign not in _run(retry, settings)
 
 
 def test_stalled_jobs_of_a_dead_worker_are_failed_and_their_sku_queued_again(
@@ -164,13 +174,20 @@ def test_the_hourly_retry_runs_as_a_job(
     db: psycopg.Connection, settings: Settings, start_worker: StartWorker
 ) -> None:
     pid = add_product(db, [], status="error")
+    db.execute(  # an error of the project's own, an hour and more ago
+        "INSERT INTO collage_outcomes (product_id, outcome, message)"
+        " VALUES (%s, 'error', 'image_urls is empty')",
+        [pid],
+    )
     db.execute(
-        "UPDATE raw_products SET updated_at = now() - interval '2 hours' WHERE id = %s", [pid]
+        "UPDATE raw_products SET updated_at = now() - interval '2 hours',"
+        " error_message = 'image_urls is empty' WHERE id = %s",
+        [pid],
     )
     start_worker(settings)
     _defer(db, "collage.retry_errors")
     sandbox.wait_until(
-        lambda: db.execute("SELECT count(*) FROM collage_outcomes").fetchone()[0],
+        lambda: db.execute("SELECT count(*) FROM collage_outcomes").fetchone()[0] > 1,
         timeout=20,
         what="the SKU to be built again",
     )

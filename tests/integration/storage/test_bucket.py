@@ -7,6 +7,7 @@ import pytest
 from collage.errors import ForeignUrl, OriginalMissing, TooLarge
 from collage.settings import Settings
 from collage.storage import Bucket, collage_key
+from tests.support.s3proxy import Fault
 
 
 def test_get_and_put_through_a_real_s3_server(settings: Settings, s3) -> None:
@@ -39,3 +40,43 @@ def test_public_urls_are_percent_encoded_and_map_back_to_the_key(settings: Setti
         bucket.key_for(url)  # a collage is never read as a photo
     photo = "originals/Zara Home/AB#12 ?x/1.jpg"
     assert bucket.key_for(bucket.public_url_for(photo)) == photo
+
+
+def all_users_read(s3, bucket: str, key: str) -> bool:
+    grants = s3.get_object_acl(Bucket=bucket, Key=key)["Grants"]
+    return any(
+        g["Grantee"].get("URI", "").endswith("/AllUsers") and g["Permission"] == "READ"
+        for g in grants
+    )
+
+
+@pytest.mark.parametrize(("acl", "public"), [("public-read", True), (None, False)])
+def test_collages_carry_the_acl_and_the_headers_asked_for(
+    settings: Settings, s3, acl: str | None, public: bool
+) -> None:
+    bucket = Bucket.from_settings(
+        settings.replace(s3_collage_acl=acl, s3_collage_cache_control="max-age=60")
+    )
+    bucket.put_jpeg("collages/b/2.jpg", b"jpeg")
+    head = s3.head_object(Bucket=settings.s3_bucket, Key="collages/b/2.jpg")
+    assert (head["ContentType"], head["CacheControl"]) == ("image/jpeg", "max-age=60")
+    assert all_users_read(s3, settings.s3_bucket, "collages/b/2.jpg") is public
+
+
+def test_a_bucket_that_refuses_acls_gets_its_collages_without_one(
+    settings: Settings, s3, faulty_s3
+) -> None:
+    def refuse_acls(method: str, path: str) -> Fault | None:
+        acl = proxy.requests[-1][2].get("x-amz-acl") if proxy.requests else None
+        if method == "PUT" and acl:
+            return Fault(status=400, code="AccessControlListNotSupported")
+        return None
+
+    proxy = faulty_s3(refuse_acls)
+    bucket = Bucket.from_settings(settings.replace(s3_endpoint=proxy.endpoint))
+    bucket.put_jpeg("collages/b/3.jpg", b"one")
+    bucket.put_jpeg("collages/b/4.jpg", b"two")
+    puts = [headers.get("x-amz-acl") for method, _, headers in proxy.requests if method == "PUT"]
+    assert puts == ["public-read", None, None]  # refused once; then never asked again
+    assert s3.get_object(Bucket=settings.s3_bucket, Key="collages/b/4.jpg")["Body"].read() == b"two"
+    assert not all_users_read(s3, settings.s3_bucket, "collages/b/3.jpg")

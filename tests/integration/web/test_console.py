@@ -291,10 +291,15 @@ def test_an_error_group_is_one_click_from_requeue_and_its_retries_from_cancel(
     assert status_of(db, other) == "error"
     cancel = client.post("/actions/cancel", data={**form, "error_class": "Transient"})
     assert cancel.status_code == 303
-    assert status_of(db, retrying) == "cancelled"
+    assert status_of(db, retrying) == "uploaded"  # the row keeps the downloader's status
     assert "cancelled the builds of 1 of 1" in client.get("/").text
-    message = db.execute("SELECT error_message FROM raw_products WHERE id = %s", [retrying])
-    assert "ana (web console)" in message.fetchone()[0]
+    who = db.execute(
+        "SELECT cancelled_by FROM collage_cancellations WHERE product_id = %s", [retrying]
+    )
+    assert who.fetchone() == ("ana (web console)",)
+    page = client.get(f"/sku/{retrying}").text
+    assert "its build cancelled by ana (web console)" in page
+    assert 'value="cancelled"' in page  # one click from requeue
 
 
 def test_pause_and_resume_from_the_console(db: psycopg.Connection, client: TestClient) -> None:
