@@ -7,6 +7,9 @@ migration and fails when one spells a name or a number differently.
 from __future__ import annotations
 
 QUEUE = "collage"
+# The periodic jobs have a queue and a worker of their own in every worker process: they never
+# wait for a build slot, however long the builds take.
+MAINTENANCE_QUEUE = "collage_maintenance"
 BUILD_TASK = "collage.build"
 SWEEP_TASK = "collage.sweep"
 RETRY_ERRORS_TASK = "collage.retry_errors"
@@ -23,7 +26,8 @@ LOCK_PREFIX = "product:"
 # Set (locally) by the hourly retry's transaction: the trigger then keeps the SKU's rounds count.
 HOURLY_RETRY_SETTING = "collage.hourly_retry"
 
-# Maintenance jobs go ahead of a backlog of builds (Procrastinate takes higher priority first).
+# Maintenance jobs also go ahead of builds where one worker takes both queues (Procrastinate's
+# own `procrastinate worker`): it takes higher priority first.
 MAINTENANCE_PRIORITY = 100
 
 # SIGTERM lets running builds finish for this long before they are queued again.

@@ -43,6 +43,11 @@ DEFAULT_BUILD_CPU_S = 30
 # Memory a build may add to its child process (imports, about 280 MiB, come on top): the worst
 # accepted build, a 64 MP lossless WebP on a 150 MP canvas, peaks at 1.6 GiB; two fit in 4 GB.
 DEFAULT_BUILD_MEMORY_MB = 1792
+# A SKU's photos, start to end: a server trickling a byte at a time never trips a read
+# timeout, so the whole download has a deadline. A product photo takes a second or two.
+DEFAULT_DOWNLOAD_DEADLINE_S = 120
+# Downloads, decoding and encoding of one SKU, start to end.
+DEFAULT_BUILD_DEADLINE_S = 300
 # libpq parameters whose values are secrets (passfile and sslkey name files, not secrets).
 SECRET_PARAMETERS = frozenset({"password", "sslpassword", "oauth_client_secret"})
 
@@ -85,6 +90,8 @@ class Settings:
     worker_concurrency: int = DEFAULT_CONCURRENCY
     build_cpu_s: int = DEFAULT_BUILD_CPU_S
     build_memory_mb: int = DEFAULT_BUILD_MEMORY_MB
+    download_deadline_s: int = DEFAULT_DOWNLOAD_DEADLINE_S
+    build_deadline_s: int = DEFAULT_BUILD_DEADLINE_S
     temp_dir: Path = field(default_factory=lambda: _default_temp_dir())
     metrics_port: int | None = None
     web_host: str = DEFAULT_WEB_HOST
@@ -146,6 +153,15 @@ class Settings:
                 "COLLAGE_MEMORY_LIMIT_MB",
                 values.int_between(256, 65536),
                 DEFAULT_BUILD_MEMORY_MB,
+            ),
+            download_deadline_s=values.optional(
+                env,
+                "S3_DOWNLOAD_DEADLINE_S",
+                values.int_between(1, 3600),
+                DEFAULT_DOWNLOAD_DEADLINE_S,
+            ),
+            build_deadline_s=values.optional(
+                env, "COLLAGE_DEADLINE_S", values.int_between(1, 3600), DEFAULT_BUILD_DEADLINE_S
             ),
             temp_dir=values.optional(env, "TEMP_DIR", Path, None) or _default_temp_dir(),
             metrics_port=values.optional(env, "METRICS_PORT", values.int_between(1, 65535), None),

@@ -18,7 +18,13 @@ from typing import Any
 
 import psycopg
 
-from collage.constants import DEAD_WORKER_S, LIVENESS_LOCK_SPACE, QUEUE, STALLED_WORKER_S
+from collage.constants import (
+    DEAD_WORKER_S,
+    LIVENESS_LOCK_SPACE,
+    MAINTENANCE_QUEUE,
+    QUEUE,
+    STALLED_WORKER_S,
+)
 from collage.db.connect import connect_async
 
 logger = logging.getLogger(__name__)
@@ -113,7 +119,7 @@ async def dead_jobs(conn: psycopg.AsyncConnection) -> list[DeadJob]:
         """
         SELECT j.id, j.task_name, j.args FROM procrastinate_jobs j
           LEFT JOIN procrastinate_workers w ON w.id = j.worker_id
-         WHERE j.status = 'doing' AND j.queue_name = %(queue)s
+         WHERE j.status = 'doing' AND j.queue_name = ANY(%(queues)s)
            AND coalesce(w.last_heartbeat, '-infinity') < now() - make_interval(
                  secs => CASE WHEN EXISTS (
                               SELECT 1 FROM pg_locks l
@@ -126,7 +132,7 @@ async def dead_jobs(conn: psycopg.AsyncConnection) -> list[DeadJob]:
          ORDER BY j.id
         """,
         {
-            "queue": QUEUE,
+            "queues": [QUEUE, MAINTENANCE_QUEUE],
             "space": LIVENESS_LOCK_SPACE,
             "keys": _KEYS,
             "stalled": STALLED_WORKER_S,

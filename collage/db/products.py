@@ -12,7 +12,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from collage.constants import HOURLY_RETRY_SETTING, LOCK_PREFIX
+from collage.constants import HOURLY_RETRY_SETTING, LOCK_PREFIX, QUEUE
 
 MESSAGE_CHARS = 2000  # error_message is cut to this: one line an operator reads, not a dump
 
@@ -152,6 +152,19 @@ async def enqueue(
     )
     row = await cur.fetchone()
     return row[0] if row else None
+
+
+async def release(conn: AsyncConnection, product_ids: list[int]) -> int:
+    """Make these SKUs' waiting builds due now (held back while S3 refused the worker)."""
+    if not product_ids:
+        return 0
+    cur = await conn.execute(
+        "UPDATE procrastinate_jobs SET scheduled_at = now()"
+        " WHERE status = 'todo' AND queue_name = %s AND scheduled_at > now()"
+        " AND lock = ANY(%s)",
+        [QUEUE, [f"{LOCK_PREFIX}{product_id}" for product_id in product_ids]],
+    )
+    return cur.rowcount
 
 
 async def enqueue_unqueued(conn: AsyncConnection, *, limit: int) -> list[int]:

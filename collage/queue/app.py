@@ -17,7 +17,13 @@ import psycopg
 import psycopg_pool
 
 from collage.backoff import Backoff
-from collage.constants import GRACEFUL_TIMEOUT_S, HEARTBEAT_EVERY_S, QUEUE, STALLED_WORKER_S
+from collage.constants import (
+    GRACEFUL_TIMEOUT_S,
+    HEARTBEAT_EVERY_S,
+    MAINTENANCE_QUEUE,
+    QUEUE,
+    STALLED_WORKER_S,
+)
 from collage.db import connect_async, pool_options
 from collage.errors import one_line
 from collage.settings import Settings, from_environment
@@ -90,7 +96,7 @@ def pool_of(app: procrastinate.App) -> psycopg_pool.AsyncConnectionPool:
 def bind(settings: Settings) -> contextlib.AbstractContextManager[procrastinate.App]:
     """Point `app` at `settings` for the duration of a block (`collage worker`, tests, demo)."""
     return app.replace_connector(
-        make_connector(lambda: settings, pool_max=settings.worker_concurrency + 4)
+        make_connector(lambda: settings, pool_max=settings.worker_concurrency + 5)
     )
 
 
@@ -99,7 +105,7 @@ app = procrastinate.App(
     connector=make_connector(from_environment),
     import_paths=["collage.queue.build", "collage.queue.periodic"],
     worker_defaults={
-        "queues": [QUEUE],
+        "queues": [QUEUE, MAINTENANCE_QUEUE],
         "fetch_job_polling_interval": POLLING_INTERVAL_S,
         "shutdown_graceful_timeout": GRACEFUL_TIMEOUT_S,
         "stalled_worker_timeout": STALLED_WORKER_S,

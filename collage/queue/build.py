@@ -15,7 +15,7 @@ from collage.constants import BUILD_TASK, QUEUE
 from collage.db import products
 from collage.db.outcomes import Outcome
 from collage.db.products import Product
-from collage.errors import CollageError
+from collage.errors import CollageError, S3Refused, Transient
 from collage.queue import metrics, settle
 from collage.queue.app import app
 from collage.queue.progress import Reporter
@@ -57,11 +57,22 @@ async def build(
             lambda: hand_over(context, product.id), product_id=product.id, what="hold it back"
         )
         return _skip(product_id, started, status="paused")
+    if resources.gate.shut:
+        # S3 refuses every request: trying would only spend this SKU's attempts.
+        resources.gate.held.add(product.id)
+        await retry_db(
+            lambda: hold_back(context, product, attempt), product_id=product.id, what="hold it"
+        )
+        return _skip(product_id, started, status="held back", reason=resources.gate.why())
     reporter = Reporter(
         lambda: connection(context), product_id=product.id, generation=product.generation
     )
     try:
         result = await make_collage(resources, product, reporter)
+        if isinstance(result, S3Refused):
+            await resources.run(resources.gate.after_refusal, resources.bucket, result)
+            if resources.gate.shut:
+                resources.gate.held.add(product.id)  # its retry, too, goes as S3 answers
         if isinstance(result, Made):
             reporter.say("uploading the collage")
 
@@ -81,7 +92,7 @@ async def build(
     except asyncio.CancelledError:
         # The worker is shutting down past its grace period: the SKU goes back in the queue,
         # even if the worker's supervisor cancels again (it waits for resources.handovers).
-        await asyncio.shield(resources.track(interrupted(context, product.id)))
+        await asyncio.shield(resources.track(interrupted(context, product, attempt)))
         raise
     finally:
         await reporter.close()
@@ -100,12 +111,29 @@ async def read_product(context: JobContext, product_id: int) -> Product | None:
 async def make_collage(
     resources: Resources, product: Product, reporter: Reporter
 ) -> Made | Exception:
-    """Download the photos and join them; return the collage, or why it cannot be built."""
+    """Download the photos and join them; return the collage, or why it cannot be built.
+
+    Bounded as a whole by COLLAGE_DEADLINE_S, whatever S3 or the build child does (the
+    upload's bounds are botocore's timeouts).
+    """
+    deadline_s = resources.settings.build_deadline_s
+    try:
+        return await asyncio.wait_for(_make(resources, product, reporter), deadline_s)
+    except TimeoutError:
+        return Transient(f"building the collage took over {deadline_s} s")
+
+
+async def _make(resources: Resources, product: Product, reporter: Reporter) -> Made | Exception:
     try:
         key = collage_key(product.brand, product.external_id)
         keys = resources.bucket.photo_keys(product.image_urls)
         await reporter.begin(f"downloading {len(keys)} photo{'s' if len(keys) != 1 else ''}")
-        photos = await download_all(resources.bucket, keys, executor=resources.executor)
+        photos = await download_all(
+            resources.bucket,
+            keys,
+            executor=resources.executor,
+            deadline_s=resources.settings.download_deadline_s,
+        )
         metrics.BYTES_DOWNLOADED.inc(sum(len(photo) for photo in photos))
         pool = resources.pool
         assert pool is not None, "these resources build no collages"
@@ -129,14 +157,26 @@ async def hand_over(context: JobContext, product_id: int) -> None:
         await settle.hand_over(conn, product_id)
 
 
-async def interrupted(context: JobContext, product_id: int) -> None:
-    """Hand a SKU over at shutdown, and say so."""
-    await hand_over(context, product_id)
-    settle.log("collage interrupted; queued again", product_id, outcome="interrupted")
+async def hold_back(context: JobContext, product: Product, attempt: int) -> None:
+    """Queue the SKU again a little later, its attempts untouched."""
+    async with connection(context) as conn:
+        await settle.hold_back(conn, product, attempt=attempt)
+
+
+async def interrupted(context: JobContext, product: Product, attempt: int) -> None:
+    """Hand a SKU over at shutdown as a spent attempt (or its last), and say so."""
+    async with connection(context) as conn:
+        outcome = await settle.interrupted(conn, product, attempt=attempt)
+    if outcome is not None:
+        settle.report(outcome, product, attempt=attempt, made=None)
+        return
+    settle.log(
+        "collage interrupted; queued again", product.id, outcome="interrupted", attempt=attempt
+    )
     metrics.record_outcome("interrupted", duration_s=0.0)
 
 
-def _skip(product_id: int, started: float, *, status: str | None) -> str:
-    settle.log("collage skipped", product_id, outcome="skipped", status=status)
+def _skip(product_id: int, started: float, *, status: str | None, reason: str | None = None) -> str:
+    settle.log("collage skipped", product_id, outcome="skipped", status=status, reason=reason)
     metrics.record_outcome("skipped", duration_s=time.monotonic() - started)
     return "skipped"

@@ -73,12 +73,15 @@ def _check(name: str, probe: Callable[[], str], results: dict[str, Check]) -> No
         results[name] = Check(name, False, one_line(exc))
 
 
-def write_beat(folder: Path) -> None:
-    """Say, in a file only this process writes, that this worker is alive right now."""
+def write_beat(folder: Path, *, held: str | None = None) -> None:
+    """Say, in a file only this process writes, that this worker is alive right now.
+
+    `held` says why it builds nothing although alive (S3 refuses it).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     path = _beat_path(folder, os.getpid())
     partial = path.with_suffix(".tmp")
-    partial.write_text(json.dumps({"pid": os.getpid(), "at": time.time()}))
+    partial.write_text(json.dumps({"pid": os.getpid(), "at": time.time(), "held": held}))
     partial.replace(path)
 
 
@@ -95,6 +98,7 @@ def _beat(folder: Path) -> str:
     """Check the workers of this host; raise unless one runs and each that runs is fresh."""
     fresh: list[str] = []
     stale: list[str] = []
+    held: list[str] = []
     for path in sorted(folder.glob("worker-*.beat")):
         try:
             beat = json.loads(path.read_text())
@@ -105,8 +109,12 @@ def _beat(folder: Path) -> str:
             path.unlink(missing_ok=True)  # a worker that was killed left it behind
             continue
         (fresh if age <= HEARTBEAT_MAX_AGE_S else stale).append(f"pid {pid}, {age:.0f}s ago")
+        if beat.get("held"):
+            held.append(f"pid {pid}: {beat['held']}")
     if stale:
         raise RuntimeError(f"worker silent: {'; '.join(stale)} (stuck, or its database is away)")
+    if held:
+        raise RuntimeError("; ".join(held))
     if not fresh:
         raise RuntimeError(f"no worker runs here (no beat in {folder})")
     return "; ".join(fresh)

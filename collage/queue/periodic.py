@@ -1,6 +1,6 @@
 """The periodic tasks: the safety sweep, the hourly retry, the stalled-job rescue, the clean-up.
 
-Cron is UTC; each tick runs once across all workers, ahead of any backlog of builds.
+Cron is UTC; each tick runs once across all workers, on a queue no build can hold up.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from psycopg import AsyncConnection
 from collage.constants import (
     CLEANUP_TASK,
     MAINTENANCE_PRIORITY,
-    QUEUE,
+    MAINTENANCE_QUEUE,
     RESCUE_TASK,
     RETRY_ERRORS_TASK,
     SWEEP_TASK,
@@ -46,13 +46,13 @@ SCRATCH_MAX_AGE_S = 24 * 3600
 def _maintenance(
     name: str,
 ) -> Callable[[Callable[Concatenate[JobContext, P], R]], Task[Concatenate[JobContext, P], R, P]]:
-    """Declare a periodic task: ahead of builds, and one waiting at most.
+    """Declare a periodic task: on its own queue, never behind builds, and one waiting at most.
 
     A tick that finds the previous one still waiting is dropped.
     """
     return app.task(
         name=name,
-        queue=QUEUE,
+        queue=MAINTENANCE_QUEUE,
         queueing_lock=name,
         priority=MAINTENANCE_PRIORITY,
         pass_context=True,

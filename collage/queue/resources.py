@@ -25,6 +25,7 @@ from collage.imaging import JpegTarget
 from collage.isolation.pool import BuildPool
 from collage.isolation.process import Budget
 from collage.queue.app import pool_of
+from collage.queue.gate import Gate
 from collage.settings import Settings, from_environment
 from collage.storage import Bucket
 
@@ -51,6 +52,7 @@ class Resources:
     )
     handovers: set[asyncio.Task[None]] = field(default_factory=set)
     warned: set[str] = field(default_factory=set)  # problems already logged by this worker
+    gate: Gate = field(default_factory=Gate)  # shut while S3 refuses every request
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Resources:

@@ -20,9 +20,10 @@ from collage.constants import HANDOVER_S, MAX_WORKER_DEATHS
 from collage.db import outcomes, products, progress
 from collage.db.outcomes import Outcome
 from collage.db.products import Product
-from collage.errors import CollageError, KeyTaken, Permanent, WorkerDied, one_line
+from collage.errors import CollageError, KeyTaken, Permanent, Transient, WorkerDied, one_line
 from collage.isolation.protocol import Built
 from collage.queue import metrics
+from collage.queue.gate import HOLD_S
 from collage.queue.resources import Resources
 
 logger = logging.getLogger(__name__)
@@ -63,8 +64,39 @@ async def settle(
 
 
 async def hand_over(conn: AsyncConnection, product_id: int) -> None:
-    """Queue an interrupted SKU again for whichever worker is next."""
+    """Queue a paused SKU again for whichever worker is next; it was not attempted."""
     await products.enqueue(conn, product_id)
+
+
+async def hold_back(conn: AsyncConnection, product: Product, *, attempt: int) -> None:
+    """Queue a SKU again after HOLD_S, same attempt: S3 refused this worker, not the SKU."""
+    await products.enqueue(
+        conn, product.id, attempt=attempt, delay_s=HOLD_S, generation=product.generation
+    )
+
+
+async def interrupted(conn: AsyncConnection, product: Product, *, attempt: int) -> Outcome | None:
+    """Queue a SKU cut short at shutdown again as its next attempt, or end it at the cap.
+
+    A SKU whose builds never finish (a server that trickles for ever) would otherwise be
+    handed from worker to worker at every deploy, attempt 0 each time.
+    """
+    async with conn.transaction():
+        if attempt + 1 < MAX_ATTEMPTS:
+            await products.enqueue(
+                conn, product.id, attempt=attempt + 1, generation=product.generation
+            )
+            return None
+        if not await products.claim(conn, product):
+            return None
+        cut = Transient("the worker stopped while building this SKU")
+        outcome = _outcome(product, "error", error=cut)
+        outcome = dataclasses.replace(
+            outcome, message=f"gave up after {attempt + 1} attempts: {outcome.message}"
+        )
+        await products.mark_error(conn, product, message=outcome.message or "")
+        await _record(conn, outcome)
+        return outcome
 
 
 async def after_death(

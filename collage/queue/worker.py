@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from time import monotonic
 from typing import Any
 
@@ -26,15 +26,17 @@ from collage.backoff import Backoff
 from collage.constants import (
     GRACEFUL_TIMEOUT_S,
     HEARTBEAT_EVERY_S,
+    MAINTENANCE_QUEUE,
     QUEUE,
     RESCUE_EVERY_S,
     SHUTDOWN_SLACK_S,
     STALLED_WORKER_S,
     drain_s,
 )
+from collage.db import products
 from collage.db.liveness import Liveness
 from collage.queue import health, periodic, rescue
-from collage.queue.app import bind
+from collage.queue.app import bind, pool_of
 from collage.queue.resources import Resources
 from collage.settings import Settings
 
@@ -155,23 +157,33 @@ async def _run_once(
         try:
             async with app.open_async():
                 await _sweep_now()
+                options: dict[str, Any] = {
+                    "install_signal_handlers": False,
+                    "shutdown_graceful_timeout": graceful_timeout_s,
+                    "additional_context": {"resources": resources},
+                    "stalled_worker_timeout": STALLED_WORKER_S,
+                    "update_heartbeat_interval": HEARTBEAT_EVERY_S,
+                    "worker_middleware": [_holding_locks(liveness), *middleware],
+                    **worker_options,
+                }
                 worker = asyncio.create_task(
-                    app.run_worker_async(
-                        queues=[QUEUE],
-                        concurrency=settings.worker_concurrency,
-                        install_signal_handlers=False,
-                        shutdown_graceful_timeout=graceful_timeout_s,
-                        additional_context={"resources": resources},
-                        stalled_worker_timeout=STALLED_WORKER_S,
-                        update_heartbeat_interval=HEARTBEAT_EVERY_S,
-                        worker_middleware=[_holding_locks(liveness), *middleware],
-                        **worker_options,
+                    _together(
+                        app.run_worker_async(
+                            queues=[QUEUE],
+                            concurrency=settings.worker_concurrency,
+                            name="builds",
+                            **options,
+                        ),
+                        # Periodic jobs on a worker of their own: builds never hold them up.
+                        app.run_worker_async(
+                            queues=[MAINTENANCE_QUEUE], concurrency=1, name="maintenance", **options
+                        ),
                     ),
-                    name="procrastinate worker",
+                    name="procrastinate workers",
                 )
                 watchers = [
                     asyncio.create_task(_rescue_every(app, worker), name="rescue"),
-                    asyncio.create_task(_beat_every(resources, liveness, worker), name="beat"),
+                    asyncio.create_task(_beat_every(app, resources, liveness, worker), name="beat"),
                 ]
                 stopping = asyncio.create_task(stop.wait())
                 await asyncio.wait({worker, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -195,6 +207,19 @@ async def _run_once(
             return f"{type(exc).__name__}: {exc}".strip()
 
 
+async def _together(*runs: Coroutine[Any, Any, None]) -> None:
+    """Run Procrastinate workers side by side: when one stops, or all are cancelled, all stop."""
+    tasks = [asyncio.ensure_future(run) for run in runs]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()  # Procrastinate turns this into a graceful stop
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        task.result()  # the one that stopped first says why
+
+
 async def _rescue_every(app: Any, worker: asyncio.Task[Any]) -> None:
     """Take back the jobs of dead workers every few seconds, whatever this worker is doing.
 
@@ -209,12 +234,22 @@ async def _rescue_every(app: Any, worker: asyncio.Task[Any]) -> None:
             logger.warning("rescue failed", extra={"action": "rescue", "error": str(exc)})
 
 
-async def _beat_every(resources: Resources, liveness: Liveness, worker: asyncio.Task[Any]) -> None:
-    """Tell `collage health` in this container that this worker runs and reaches its database."""
+async def _beat_every(
+    app: Any, resources: Resources, liveness: Liveness, worker: asyncio.Task[Any]
+) -> None:
+    """Tell `collage health` in this container that this worker runs and reaches its database.
+
+    While S3 refuses every request, each beat also asks it again, and says builds are held.
+    """
     while not worker.done():
         with contextlib.suppress(Exception):  # no beat is the message
             await liveness.check()
-            health.write_beat(resources.settings.temp_dir)
+            if resources.gate.shut:
+                await resources.run(resources.gate.probe, resources.bucket)
+                if not resources.gate.shut:
+                    async with pool_of(app).connection() as conn:
+                        await products.release(conn, resources.gate.take_held())
+            health.write_beat(resources.settings.temp_dir, held=resources.gate.why())
         await asyncio.sleep(HEARTBEAT_EVERY_S)
 
 

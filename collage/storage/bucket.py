@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -12,7 +14,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from collage.errors import OriginalMissing, Permanent, TooLarge, Transient
+from collage.errors import OriginalMissing, Permanent, S3Refused, TooLarge, Transient
 from collage.storage.keys import key_for_url, photo_keys
 
 if TYPE_CHECKING:
@@ -26,8 +28,21 @@ CHUNK_BYTES = 1024 * 1024  # how often a download checks its caps and whether to
 CONNECT_TIMEOUT_S = 5
 READ_TIMEOUT_S = 20
 MAX_ATTEMPTS = 3
+# One object on its own (a preview, `collage make`): start to end, however it trickles.
+OBJECT_DEADLINE_S = 60.0
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 _ACL_REFUSED = {"AccessControlListNotSupported", "NotImplemented"}
+# S3 refusing the worker, not the SKU: a clock, keys or a policy to fix, then every SKU builds.
+_WORKER_REFUSED = {
+    "AccessDenied",
+    "AllAccessDisabled",
+    "ExpiredToken",
+    "InvalidAccessKeyId",
+    "InvalidToken",
+    "RequestTimeTooSkewed",
+    "SignatureDoesNotMatch",
+    "TokenRefreshRequired",
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,13 +105,24 @@ class Bucket:
         }
 
     def get(
-        self, key: str, *, max_bytes: int = MAX_OBJECT_BYTES, budget: ByteBudget | None = None
+        self,
+        key: str,
+        *,
+        max_bytes: int = MAX_OBJECT_BYTES,
+        budget: ByteBudget | None = None,
+        deadline_s: float = OBJECT_DEADLINE_S,
     ) -> bytes:
         """Download one object in chunks, stopping at `max_bytes` whatever the headers claim.
 
-        `budget` is shared by the downloads of one SKU: each chunk is taken from it, and once
-        it is spent or stopped (another download failed) this one stops at its next chunk.
+        `budget` is shared by the downloads of one SKU (its bytes and its deadline): once it is
+        spent or stopped, this download stops too. Without one, it gets `deadline_s` of its own.
         """
+        if budget is None:
+            own = ByteBudget(max_bytes, deadline_s=deadline_s)
+            try:
+                return self.get(key, max_bytes=max_bytes, budget=own)
+            finally:
+                own.close()
         try:
             response = self.client.get_object(Bucket=self.name, Key=key)
             body = response["Body"]
@@ -104,15 +130,20 @@ class Bucket:
                 declared = int(response.get("ContentLength") or 0)
                 if declared > max_bytes:
                     raise TooLarge(f"{key} is {declared:,} bytes; the limit is {max_bytes:,}")
-                return _read_capped(body, key=key, max_bytes=max_bytes, budget=budget)
+                with budget.holding(body):
+                    return _read_capped(body, key=key, max_bytes=max_bytes, budget=budget)
             finally:
                 body.close()
-        except ClientError as exc:
+        except Exception as exc:
+            if budget.stopped and not isinstance(exc, TooLarge):
+                raise budget.why_stopped() from exc  # its own failure came from the stop
+            if isinstance(exc, BotoCoreError):
+                raise Transient(f"S3 unavailable while getting {key}: {exc}") from exc
+            if not isinstance(exc, ClientError):
+                raise
             if _error_code(exc) in _MISSING_CODES:
                 raise OriginalMissing(f"original not found in bucket {self.name}: {key}") from exc
             raise _transient_or_permanent(exc, f"get {key}") from exc
-        except BotoCoreError as exc:
-            raise Transient(f"S3 unavailable while getting {key}: {exc}") from exc
 
     def put_jpeg(self, key: str, data: bytes) -> None:
         """Upload a collage with its ACL and the headers browsers and CDNs need.
@@ -143,47 +174,108 @@ class Bucket:
         return f"{self.public_url}/{quote(key, safe='/')}"
 
     def ping(self) -> None:
-        """Raise unless the bucket answers (for `collage health`)."""
-        self.client.head_bucket(Bucket=self.name)
+        """Raise unless the bucket answers (`collage health`, and whether S3 refuses everything)."""
+        try:
+            self.client.head_bucket(Bucket=self.name)
+        except ClientError as exc:
+            raise _transient_or_permanent(exc, f"head bucket {self.name}") from exc
+        except BotoCoreError as exc:
+            raise Transient(f"S3 unavailable: {exc}") from exc
 
 
 class ByteBudget:
-    """The bytes one SKU's downloads may still hold, shared by the threads that download them."""
+    """The bytes and the time one SKU's downloads may still take, shared by their threads.
 
-    def __init__(self, limit: int) -> None:
+    A server may trickle a body a byte at a time, never idle long enough for a read timeout:
+    past the deadline every body still open is shut down, which wakes its blocked read.
+    """
+
+    def __init__(self, limit: int, *, deadline_s: float | None = None) -> None:
         self.limit = limit
+        self.deadline_s = deadline_s
         self._left = limit
         self._lock = threading.Lock()
         self._stopped = threading.Event()
+        self._expired = False
+        self._bodies: set[Any] = set()
+        self._timer: threading.Timer | None = None
+        if deadline_s is not None:
+            self._timer = threading.Timer(deadline_s, self._expire)
+            self._timer.daemon = True
+            self._timer.start()
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the downloads still running must give up."""
+        return self._stopped.is_set()
 
     def take(self, size: int) -> None:
         """Count a chunk; raise when the SKU is over its budget or its build has given up."""
         if self._stopped.is_set():
-            raise Abandoned("the build stopped this download")
+            raise self.why_stopped()
         with self._lock:
             self._left -= size
             if self._left < 0:
-                self._stopped.set()
+                self.stop()
                 raise TooLarge(f"the photos add up to over {self.limit:,} bytes")
 
+    def why_stopped(self) -> Exception:
+        """The error a download stopped by this budget ends with."""
+        if self._expired:
+            return Transient(f"downloading the photos took over {self.deadline_s:g} s")
+        return Abandoned("the build stopped this download")
+
+    @contextlib.contextmanager
+    def holding(self, body: Any) -> Iterator[None]:
+        """Let `stop` reach this body's socket while it is being read."""
+        with self._lock:
+            self._bodies.add(body)
+        try:
+            if self._stopped.is_set():
+                _shut(body)
+            yield
+            if self._stopped.is_set():
+                raise self.why_stopped()  # the read ended early because the socket was shut
+        finally:
+            with self._lock:
+                self._bodies.discard(body)
+
     def stop(self) -> None:
-        """Make every download still running stop at its next chunk."""
+        """Make every download still running stop now, even one blocked in a read."""
         self._stopped.set()
+        for body in list(self._bodies):
+            _shut(body)
+
+    def close(self) -> None:
+        """Stop the downloads and drop the deadline's timer."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self.stop()
+
+    def _expire(self) -> None:
+        self._expired = True
+        self.stop()
+
+
+def _shut(body: Any) -> None:
+    """Shut a response's socket for reading, so that a read blocked on it returns at once."""
+    raw: Any = getattr(body, "_raw_stream", None)  # botocore's StreamingBody, urllib3 inside
+    with contextlib.suppress(Exception):  # already released or closed: nothing blocks on it
+        raw.shutdown()
 
 
 class Abandoned(Exception):
     """A download stopped because its SKU's build gave up on it; nobody waits for its result."""
 
 
-def _read_capped(body: Any, *, key: str, max_bytes: int, budget: ByteBudget | None) -> bytes:
+def _read_capped(body: Any, *, key: str, max_bytes: int, budget: ByteBudget) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while chunk := body.read(CHUNK_BYTES):
         size += len(chunk)
         if size > max_bytes:
             raise TooLarge(f"{key} is larger than the limit of {max_bytes:,} bytes")
-        if budget is not None:
-            budget.take(len(chunk))
+        budget.take(len(chunk))
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -195,6 +287,10 @@ def _error_code(exc: ClientError) -> str:
 def _transient_or_permanent(exc: ClientError, what: str) -> Exception:
     status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
     code = _error_code(exc)
+    if code in _WORKER_REFUSED or (status in (401, 403) and code in ("", str(status))):
+        # A HEAD's answer has no body, so no code: its 403 is as good as AccessDenied.
+        said = code if code not in ("", str(status)) else "Forbidden"
+        return S3Refused(f"S3 refused {what}: {status} {said}", code=code)
     if status >= 500 or status == 429 or code in {"SlowDown", "RequestTimeout", "Throttling"}:
         return Transient(f"S3 answered {status} {code} to {what}")
     return Permanent(f"S3 refused {what}: {status} {code}")

@@ -17,13 +17,23 @@ from collage.storage.bucket import Abandoned, Bucket, ByteBudget
 CONCURRENCY = 4
 # The compressed originals of one SKU held in memory at once, whatever the rows claim.
 MAX_SKU_BYTES = 400 * 1024 * 1024
+# All of a SKU's photos, start to end, unless told (S3_DOWNLOAD_DEADLINE_S).
+DOWNLOAD_DEADLINE_S = 120.0
 
 
 async def download_all(
-    bucket: Bucket, keys: Sequence[str], *, executor: Executor, max_bytes: int | None = None
+    bucket: Bucket,
+    keys: Sequence[str],
+    *,
+    executor: Executor,
+    max_bytes: int | None = None,
+    deadline_s: float = DOWNLOAD_DEADLINE_S,
 ) -> list[bytes]:
-    """Download every photo on `executor`'s threads, within `max_bytes`; raise the first failure."""
-    budget = ByteBudget(max_bytes or MAX_SKU_BYTES)
+    """Download every photo on `executor`'s threads, within `max_bytes` and `deadline_s`.
+
+    Raise the first failure; past the deadline, a Transient one.
+    """
+    budget = ByteBudget(max_bytes or MAX_SKU_BYTES, deadline_s=deadline_s)
     limit = asyncio.Semaphore(CONCURRENCY)
     loop = asyncio.get_running_loop()
 
@@ -38,7 +48,7 @@ async def download_all(
     except BaseExceptionGroup as failed:
         raise _first(failed) from None
     finally:
-        budget.stop()  # a thread still reading (its task cancelled) stops at its next chunk
+        budget.close()  # a thread still reading (its task cancelled) stops now
     return [task.result() for task in downloads]
 
 

@@ -72,7 +72,8 @@ def defer_rescue(db: Db) -> None:
     """Queue the stalled-job rescue now instead of at the next minute's cron tick."""
     with contextlib.suppress(psycopg.errors.UniqueViolation):  # one is waiting already
         db.rows(
-            "SELECT procrastinate_defer_jobs_v1(ARRAY[ROW('collage', 'collage.rescue', 0, NULL,"
+            "SELECT procrastinate_defer_jobs_v1(ARRAY[ROW('collage_maintenance', 'collage.rescue',"
+            " 0, NULL,"
             " 'collage.rescue', '{\"timestamp\": 0}'::jsonb, NULL)"
             "::procrastinate_job_to_defer_v1])"
         )

@@ -32,6 +32,8 @@ def env_of(settings: Settings, **changes: str) -> dict[str, str]:
         "S3_BUCKET": settings.s3_bucket,
         "S3_PUBLIC_URL": settings.s3_public_url,
         "TEMP_DIR": str(settings.temp_dir),
+        "S3_DOWNLOAD_DEADLINE_S": str(settings.download_deadline_s),
+        "COLLAGE_DEADLINE_S": str(settings.build_deadline_s),
         "LOG_FORMAT": "text",
         **changes,
     }
@@ -155,17 +157,17 @@ class Rig:
         db_url: str | None = None,
         db_session_url: str | None = None,
         ready_timeout: float = 30,
+        **changes: Any,
     ) -> WorkerProcess:
-        """Start `collage worker ARGS` and wait until it is registered and listening."""
-        settings = Settings(
+        """Start `collage worker ARGS` and wait until it is registered and listening.
+
+        `changes` are Settings fields to change (env_of writes them to the environment).
+        """
+        settings = self.settings(
             db_url=db_url or self.dsn,
             db_session_url=db_session_url or db_url or self.dsn,
             s3_endpoint=s3_endpoint or self.s3_endpoint,
-            s3_access_key=sandbox.S3_KEY,
-            s3_secret_key=sandbox.S3_KEY,
-            s3_bucket=self.bucket,
-            s3_public_url=self.public_url,
-            temp_dir=self.folder / "scratch",
+            **changes,
         )
         env = worker_env(settings)
         number = len(self.workers) + 1
@@ -184,6 +186,20 @@ class Rig:
 
             sandbox.wait_until(ready, timeout=ready_timeout, what=f"worker {number} to start")
         return worker
+
+    def settings(self, **changes: Any) -> Settings:
+        """Settings for this rig's database, bucket and scratch folder, with `changes`."""
+        defaults: dict[str, Any] = {
+            "db_url": self.dsn,
+            "db_session_url": self.dsn,
+            "s3_endpoint": self.s3_endpoint,
+            "s3_access_key": sandbox.S3_KEY,
+            "s3_secret_key": sandbox.S3_KEY,
+            "s3_bucket": self.bucket,
+            "s3_public_url": self.public_url,
+            "temp_dir": self.folder / "scratch",
+        }
+        return Settings(**{**defaults, **changes})
 
     def collage(self, brand: str, external_id: str) -> bytes:
         key = f"collages/{brand}/{external_id}.jpg"

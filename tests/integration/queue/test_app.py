@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psycopg
 
-from collage.constants import MAINTENANCE_PRIORITY
+from collage.constants import MAINTENANCE_PRIORITY, MAINTENANCE_QUEUE
 from collage.queue.app import app
 from collage.settings import Settings
 from dev.photos import jpeg
@@ -43,27 +43,30 @@ def test_periodic_tasks_are_registered_with_their_schedules() -> None:
         "collage.rescue": "* * * * *",
         "collage.cleanup": "0 4 * * *",
     }
-    for name in schedules:  # ahead of a backlog of builds, one waiting at most
+    for name in schedules:  # on their own queue, ahead of builds anyway, one waiting at most
+        assert app.tasks[name].queue == MAINTENANCE_QUEUE != app.tasks["collage.build"].queue
         assert (
             app.tasks[name].priority == MAINTENANCE_PRIORITY > app.tasks["collage.build"].priority
         )
         assert app.tasks[name].queueing_lock == name
 
 
-def test_procrastinate_fetches_maintenance_before_a_backlog(db: psycopg.Connection) -> None:
+def test_maintenance_has_a_queue_of_its_own_that_no_backlog_of_builds_holds_up(
+    db: psycopg.Connection,
+) -> None:
     db.execute(
         "INSERT INTO procrastinate_jobs (queue_name, task_name, lock, args)"
         " SELECT 'collage', 'collage.build', 'product:' || n, '{}' FROM generate_series(1, 50) n"
     )
     db.execute(
         "INSERT INTO procrastinate_jobs (queue_name, task_name, priority, args)"
-        " VALUES ('collage', 'collage.rescue', %s, '{}')",
-        [MAINTENANCE_PRIORITY],
+        " VALUES (%s, 'collage.rescue', %s, '{}')",
+        [MAINTENANCE_QUEUE, MAINTENANCE_PRIORITY],
     )
     worker = db.execute("INSERT INTO procrastinate_workers DEFAULT VALUES RETURNING id").fetchone()
     fetched = db.execute(
-        "SELECT task_name FROM procrastinate_fetch_job_v2(ARRAY['collage']::varchar[], %s)",
-        [worker[0]],
+        "SELECT task_name FROM procrastinate_fetch_job_v2(%s::varchar[], %s)",
+        [[MAINTENANCE_QUEUE], worker[0]],
     ).fetchone()
     assert fetched == ("collage.rescue",)
 

@@ -108,7 +108,8 @@ def test_stalled_jobs_of_a_dead_worker_are_failed_and_their_sku_queued_again(
     ).fetchone()[0]
     start_worker(settings)
     db.execute(
-        "SELECT procrastinate_defer_jobs_v1(ARRAY[ROW('collage', 'collage.rescue', 0, NULL,"
+        "SELECT procrastinate_defer_jobs_v1(ARRAY[ROW('collage_maintenance', 'collage.rescue',"
+        " 0, NULL,"
         " NULL, '{\"timestamp\": 0}'::jsonb, NULL)::procrastinate_job_to_defer_v1])"
     )
     status, _, error = final_state(db, pid)

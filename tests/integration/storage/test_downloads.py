@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from collage.errors import OriginalMissing, TooLarge
+from collage.errors import OriginalMissing, TooLarge, Transient
 from collage.settings import Settings
 from collage.storage import Bucket, downloads
 from dev import sandbox
@@ -90,3 +90,38 @@ def test_the_sku_budget_is_shared_by_its_downloads(trickle: TrickleS3, tmp_path:
     keys = [f"originals/{n}.jpg" for n in range(3)]
     with pytest.raises(TooLarge, match="the photos add up to over 10,000,000 bytes"):
         asyncio.run(download(bucket, keys, max_bytes=10_000_000))
+
+
+def test_a_body_trickled_a_byte_at_a_time_is_cut_at_the_deadline(tmp_path: Path) -> None:
+    # One byte every 0.3 s never trips botocore's read timeout: only the deadline ends it.
+    server = TrickleS3(chunk=1, every_s=0.3, total=10**6)
+    bucket = bucket_on(server, tmp_path)
+    started = time.monotonic()
+    try:
+        with pytest.raises(Transient, match=r"downloading the photos took over 2 s"):
+            asyncio.run(
+                downloads.download_all(
+                    bucket, ["a.jpg", "b.jpg"], executor=ThreadPoolExecutor(), deadline_s=2
+                )
+            )
+        took = time.monotonic() - started
+        sandbox.wait_until(
+            lambda: all(sent.closed_at for sent in server.sent), timeout=5, what="hang-ups"
+        )
+    finally:
+        server.close()
+    assert 2.0 <= took < 4.0
+    assert len(server.sent) == 2 and all(sent.bytes < 20 for sent in server.sent)
+    print(f"trickled bodies: Transient after {took:.2f}s, {[s.bytes for s in server.sent]} bytes")
+
+
+def test_one_object_on_its_own_has_a_deadline_too(tmp_path: Path) -> None:
+    server = TrickleS3(chunk=1, every_s=0.3, total=10**6)
+    try:
+        started = time.monotonic()
+        with pytest.raises(Transient, match=r"took over 1 s"):
+            bucket_on(server, tmp_path).get("preview.jpg", deadline_s=1)
+        took = time.monotonic() - started
+    finally:
+        server.close()
+    assert 1.0 <= took < 3.0
