@@ -123,3 +123,24 @@ def token(raw: str) -> str:
     if len(raw) < MIN_WEB_TOKEN_CHARS:
         raise ValueError(f"must be at least {MIN_WEB_TOKEN_CHARS} characters (it is {len(raw)})")
     return raw
+
+
+def hosts(raw: str) -> tuple[str, ...]:
+    """A comma-separated list of host names; '*.example.com' allows its subdomains."""
+    names = tuple(name.strip().lower() for name in raw.split(",") if name.strip())
+    if not names:
+        raise ValueError("expected host names separated by commas, got none")
+    for name in names:
+        wildcard = name.startswith("*.") and "*" not in name[1:]
+        if name == "*" or ("*" in name and not wildcard):
+            raise ValueError(f"expected a host name or *.domain, got {name!r}")
+        if any(c.isspace() or c in "/@" for c in name):
+            raise ValueError(f"expected a host name such as console.example.com, got {name!r}")
+    return names
+
+
+def boolean(raw: str) -> bool:
+    words = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+    if raw.strip().lower() not in words:
+        raise ValueError(f"expected true or false, got {raw!r}")
+    return words[raw.strip().lower()]

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
+from collage.text import printable
+
 
 def one_line(exc: BaseException) -> str:
     """Return an exception's message on one line, for logs and error_message, never a traceback."""
     return printable(str(exc)) or type(exc).__name__
-
-
-def printable(text: str) -> str:
-    """Collapse whitespace and escape control characters (a row's URL may hold any)."""
-    return "".join(
-        c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
-        for c in " ".join(text.split())
-    )
 
 
 class CollageError(Exception):

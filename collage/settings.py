@@ -98,6 +98,9 @@ class Settings:
     web_port: int = DEFAULT_WEB_PORT
     # Unlocks the console's actions; None: the console is read-only.
     web_token: str | None = field(default=None, repr=False)
+    # Host headers the console answers (DNS rebinding); empty: WEB_HOST and localhost's names.
+    web_allowed_hosts: tuple[str, ...] = ()
+    web_secure_cookie: bool = False  # the session cookie only over HTTPS (behind TLS)
 
     def __post_init__(self) -> None:
         if not self.s3_public_url:
@@ -170,7 +173,16 @@ class Settings:
                 env, "WEB_PORT", values.int_between(1, 65535), DEFAULT_WEB_PORT
             ),
             web_token=values.optional(env, "WEB_TOKEN", values.token, None),
+            web_allowed_hosts=values.optional(env, "WEB_ALLOWED_HOSTS", values.hosts, ()),
+            web_secure_cookie=values.optional(env, "WEB_SECURE_COOKIE", values.boolean, False),
         )
+
+    @property
+    def console_hosts(self) -> tuple[str, ...]:
+        """The Host headers the console answers: WEB_ALLOWED_HOSTS, or where it listens."""
+        if self.web_allowed_hosts:
+            return self.web_allowed_hosts
+        return tuple(dict.fromkeys([self.web_host.lower(), "localhost", "127.0.0.1", "::1"]))
 
     def replace(self, **changes: object) -> Settings:
         """Return a copy with some fields changed (tests and the demo use it)."""

@@ -13,6 +13,7 @@ import psycopg
 
 from collage.errors import ConfigError, one_line
 from collage.settings import Database, Settings
+from collage.text import shown
 
 F = TypeVar("F", bound=Callable[..., Any])
 R = TypeVar("R")
@@ -24,7 +25,7 @@ class Fail(click.ClickException):
     """One line on stderr and exit code 1: what went wrong, never a traceback."""
 
     def show(self, file: Any = None) -> None:
-        click.secho(f"collage: {self.format_message()}", err=True, fg="red")
+        click.secho(f"collage: {shown(self.format_message())}", err=True, fg="red")
 
 
 def load_settings() -> Settings:
@@ -96,11 +97,16 @@ def age(value: timedelta | None) -> str:
 
 
 def cell(value: Any) -> str:
+    """A value as the terminal shows it: one line, control characters escaped, long ones cut.
+
+    A row's brand or external_id may hold ESC sequences that would retitle or rewrite the
+    operator's terminal.
+    """
     if value is None:
         return "-"
     if isinstance(value, timedelta):
         return age(value)
-    return str(json_value(value)) if isinstance(value, datetime) else str(value)
+    return shown(str(json_value(value)) if isinstance(value, datetime) else str(value))
 
 
 def table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> None:

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import click
 
 from collage import db
-from collage.cli.common import Duration, database_errors, load_database
+from collage.cli.common import Duration, Fail, cell, database_errors, load_database
 from collage.db import controls
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -102,7 +102,10 @@ def requeue_command(where: controls.SkuFilter, dry_run: bool, yes: bool, cancell
         if dry_run:
             for row in rows:
                 why = f"cancelled by {row['cancelled_by']}" if cancelled else row["error_message"]
-                click.echo(f"{row['product_id']}\t{row['brand']}/{row['external_id']}\t{why}")
+                click.echo(
+                    f"{row['product_id']}\t{cell(row['brand'])}/{cell(row['external_id'])}"
+                    f"\t{cell(why)}"
+                )
             click.echo(f"{len(rows)} SKU(s) would be requeued")
             return
         if where.is_empty and not yes:
@@ -140,29 +143,48 @@ def cancel_command(where: controls.SkuFilter, dry_run: bool, yes: bool) -> None:
 
 
 @click.command("pause")
-@click.option("--brand", help="Pause this brand only (default: every brand).")
+@click.option("--brand", help="Pause this brand, exactly as raw_products spells it.")
+@click.option("--all", "every", is_flag=True, help="Pause every brand.")
 @click.option("--reason", help="Why, for whoever looks next (shown by `collage jobs`).")
 @database_errors
-def pause_command(brand: str | None, reason: str | None) -> None:
+def pause_command(brand: str | None, every: bool, reason: str | None) -> None:
     """Stop building (new uploads keep being queued; running builds finish; nothing is lost)."""
+    scope = _scope(brand, every)
     database = load_database()
     with db.connect_dicts(database.url) as conn:
-        held = controls.pause(conn, brand, by=operator(), reason=reason)
-    click.echo(f"paused {brand or 'every brand'}: {held} waiting build(s) held back")
+        held = controls.pause(conn, scope, by=operator(), reason=reason)
+    click.echo(f"paused {_named(scope)}: {held} waiting build(s) held back")
 
 
 @click.command("resume")
-@click.option("--brand", help="Resume this brand (default: the pause of every brand).")
+@click.option("--brand", help="End this brand's pause, exactly as it was paused.")
+@click.option("--all", "every", is_flag=True, help="End the pause of every brand.")
 @database_errors
-def resume_command(brand: str | None) -> None:
+def resume_command(brand: str | None, every: bool) -> None:
     """End a pause: the builds it held back are due again."""
+    scope = _scope(brand, every)
     database = load_database()
     with db.connect_dicts(database.url) as conn:
-        due = controls.resume(conn, brand)
+        due = controls.resume(conn, scope)
         still = [row["scope"] for row in controls.pauses(conn)]
-    click.echo(f"resumed {brand or 'every brand'}: {due} build(s) due again")
+    if due is None:
+        known = ", ".join(_named(s) for s in still) or "none"
+        raise Fail(f"no pause of {_named(scope)} (paused now: {known})")
+    click.echo(f"resumed {_named(scope)}: {due} build(s) due again")
     if still:
-        click.echo(f"still paused: {', '.join('every brand' if s == '*' else s for s in still)}")
+        click.echo(f"still paused: {', '.join(_named(s) for s in still)}")
+
+
+def _scope(brand: str | None, every: bool) -> str:
+    """The exact scope asked for, or a one-line refusal (exit 2, as for a bad option)."""
+    try:
+        return controls.pause_scope(brand, every=every)
+    except controls.BadScope as exc:
+        raise click.UsageError(f"{exc} (--brand NAME or --all)") from None
+
+
+def _named(scope: str) -> str:
+    return "every brand" if scope == controls.EVERYTHING else f"brand {cell(scope)!r}"
 
 
 def _in_batches(batches: Iterator[int], total: int) -> int:

@@ -44,10 +44,11 @@ def jobs_command(as_json: bool, failure_count: int) -> None:
         f"  running {s['running']}  stalled {s['stalled']}  workers alive {s['workers_alive']}"
     )
     for pause in report["pauses"]:
-        scope = "every brand" if pause["scope"] == controls.EVERYTHING else pause["scope"]
+        scope = "every brand" if pause["scope"] == controls.EVERYTHING else cell(pause["scope"])
         click.echo(
-            f"PAUSED {scope} since {cell(pause['paused_at'])} by {pause['paused_by']}"
-            f" ({pause['held']} held back){': ' + pause['reason'] if pause['reason'] else ''}"
+            f"PAUSED {scope} since {cell(pause['paused_at'])} by {cell(pause['paused_by'])}"
+            f" ({pause['held']} held back)"
+            + (f": {cell(pause['reason'])}" if pause["reason"] else "")
         )
     click.echo(f"oldest waiting: {age(s['oldest_waiting_for'])}")
     if s["skus_unqueued"]:
@@ -81,7 +82,7 @@ def show_command(ref: str) -> None:
         except ValueError as exc:
             raise Fail(str(exc)) from None
         if row is None:
-            raise Fail(f"no SKU {ref}")
+            raise Fail(f"no SKU {cell(ref)}")
         history = jobs.history(conn, row["product_id"])
     for key, value in row.items():
         click.echo(f"{key:>14}: {cell(value)}")

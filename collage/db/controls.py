@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 
 from collage.constants import BUILD_TASK, LOCK_PREFIX, QUEUE
+from collage.text import shown, unsafe
 
 Row = dict[str, Any]
 EVERYTHING = "*"  # the scope of a pause of every brand
@@ -174,14 +175,36 @@ def cancel(
         yield cur.rowcount
 
 
-def pause(
-    conn: psycopg.Connection[Row], brand: str | None, *, by: str, reason: str | None = None
-) -> int:
-    """Pause building one brand (or every brand); return how many waiting builds it held back.
+class BadScope(ValueError):
+    """A pause or resume names no brand it could mean exactly."""
+
+
+def pause_scope(brand: str | None, *, every: bool) -> str:
+    """The scope a pause names: one brand, exactly as rows spell it, or every brand when asked.
+
+    An empty brand or '*' never means "everything" by accident: that takes `every`.
+    """
+    if every:
+        if brand is not None:
+            raise BadScope("name one brand or every brand, not both")
+        return EVERYTHING
+    if brand is None:
+        raise BadScope("name a brand, or say every brand")
+    if not brand.strip():
+        raise BadScope("a brand cannot be empty")
+    if brand == EVERYTHING:
+        raise BadScope("'*' is not a brand; to pause every brand, say so")
+    if unsafe(brand):
+        raise BadScope(f"a brand cannot hold control characters: {shown(brand)}")
+    return brand
+
+
+def pause(conn: psycopg.Connection[Row], scope: str, *, by: str, reason: str | None = None) -> int:
+    """Pause building one brand (or every brand, scope '*'); return the waiting builds held back.
 
     Uploads keep being queued; running builds finish; the pause outlives worker restarts.
+    `scope` comes from pause_scope.
     """
-    scope = brand or EVERYTHING
     with conn.transaction():
         conn.execute(
             "INSERT INTO collage_pauses (scope, paused_by, reason) VALUES (%s, %s, %s)"
@@ -199,14 +222,16 @@ def pause(
         return cur.rowcount
 
 
-def resume(conn: psycopg.Connection[Row], brand: str | None) -> int:
+def resume(conn: psycopg.Connection[Row], scope: str) -> int | None:
     """End a pause; return how many held-back builds are due again (workers poll every second).
 
-    A brand paused on its own stays paused when every brand is resumed, and the reverse.
+    None when no pause has this exact scope. A brand paused on its own stays paused when every
+    brand is resumed, and the reverse.
     """
-    scope = brand or EVERYTHING
     with conn.transaction():
-        conn.execute("DELETE FROM collage_pauses WHERE scope = %s", [scope])
+        ended = conn.execute("DELETE FROM collage_pauses WHERE scope = %s", [scope])
+        if not ended.rowcount:
+            return None
         cur = conn.execute(
             "UPDATE procrastinate_jobs SET scheduled_at = NULL"
             " WHERE status = 'todo' AND queue_name = %(queue)s AND task_name = %(task)s"

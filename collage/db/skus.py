@@ -5,19 +5,20 @@ from __future__ import annotations
 import psycopg
 
 from collage.db.connect import Row
+from collage.text import shown
 
 
 def find_product(conn: psycopg.Connection[Row], ref: str) -> Row | None:
     """Find a SKU by id or by BRAND/EXTERNAL_ID."""
     params: list[object]
-    if ref.isdigit():
+    if ref.isascii() and ref.isdigit() and len(ref) < 19:
         query, params = "SELECT * FROM collage_sku_jobs WHERE product_id = %s", [int(ref)]
     elif "/" in ref:
         brand, external_id = ref.split("/", 1)
         query = "SELECT * FROM collage_sku_jobs WHERE brand = %s AND external_id = %s"
         params = [brand, external_id]
     else:
-        raise ValueError(f"{ref!r} is neither a product id nor BRAND/EXTERNAL_ID")
+        raise ValueError(f"{shown(ref)!r} is neither a product id nor BRAND/EXTERNAL_ID")
     return conn.execute(query, params).fetchone()
 
 

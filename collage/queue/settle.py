@@ -25,6 +25,7 @@ from collage.isolation.protocol import Built
 from collage.queue import metrics
 from collage.queue.gate import HOLD_S
 from collage.queue.resources import Resources
+from collage.text import cut
 
 logger = logging.getLogger(__name__)
 
@@ -231,10 +232,11 @@ def _outcome(
 ) -> Outcome:
     message = None
     if error is not None:
-        message = (
+        message = cut(
             error.message
             if isinstance(error, CollageError)
-            else f"internal error: {one_line(error)}"
+            else f"internal error: {one_line(error)}",
+            products.MESSAGE_CHARS,  # the ledger and the log keep what error_message keeps
         )
     return Outcome(
         product_id=product.id,

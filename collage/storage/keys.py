@@ -10,9 +10,10 @@ from urllib.parse import unquote, urlsplit
 
 from collage.constants import COLLAGE_PREFIX
 from collage.errors import BadImageUrls, ForeignUrl, NoPhotos, UnsafeKey
+from collage.text import shown, unsafe
 
 MAX_PHOTOS = 40  # 40 photos at the narrowest plausible width already pass JPEG's width limit
-_UNSAFE_CHARS = set("\\") | {chr(c) for c in range(32)} | {chr(127)}
+_BACKSLASH = "\\"
 _JSON_TYPES = {dict: "object", str: "string", int: "number", float: "number", bool: "boolean"}
 
 
@@ -41,18 +42,22 @@ def key_for_url(
     s3://, virtual-hosted, path-style and public-URL forms are understood.
     """
     if not isinstance(url, str) or not url.strip():
-        raise BadImageUrls(f"image_urls holds {url!r}, not a URL")
+        raise BadImageUrls(f"image_urls holds {shown(repr(url))}, not a URL")
+    if unsafe(url.strip()):
+        # urlsplit would drop a tab or a newline without a word, and fetch another object.
+        raise BadImageUrls(f"{shown(url)!r} holds control characters; no URL does")
     try:
         key = _key_in_bucket(url.strip(), bucket=bucket, endpoint=endpoint, public_url=public_url)
     except ValueError as exc:  # urlsplit refuses some malformed URLs, e.g. an unclosed [
-        raise BadImageUrls(f"{url!r} is not a valid URL: {exc}") from None
+        raise BadImageUrls(f"{shown(url)!r} is not a valid URL: {exc}") from None
     if not key.startswith(prefix) or key.startswith(f"{COLLAGE_PREFIX}/"):
-        raise ForeignUrl(f"{url} is not under {prefix} in bucket {bucket!r}")
+        raise ForeignUrl(f"{shown(url)} is not under {prefix} in bucket {bucket!r}")
     return key
 
 
-def _key_in_bucket(url: str, *, bucket: str, endpoint: str, public_url: str) -> str:
-    parts = urlsplit(url)
+def _key_in_bucket(full_url: str, *, bucket: str, endpoint: str, public_url: str) -> str:
+    url = shown(full_url)  # as messages name it
+    parts = urlsplit(full_url)
     endpoint_parts = urlsplit(endpoint)
     public_parts = urlsplit(public_url)
     host = (parts.netloc or "").lower()
@@ -82,7 +87,7 @@ def _key_in_bucket(url: str, *, bucket: str, endpoint: str, public_url: str) -> 
 def _checked_key(path: str, url: str) -> str:
     key = unquote(path.lstrip("/"))
     segments = key.split("/")
-    if not key or any(s in {"", ".", ".."} for s in segments) or _UNSAFE_CHARS & set(key):
+    if not key or any(s in {"", ".", ".."} for s in segments) or _BACKSLASH in key or unsafe(key):
         raise ForeignUrl(f"{url!r} does not name a plain object key")
     return key
 
@@ -92,6 +97,6 @@ def collage_key(brand: object, external_id: object) -> str:
     for field, value in (("brand", brand), ("external_id", external_id)):
         if not isinstance(value, str) or not value.strip():
             raise UnsafeKey(f"{field} is empty; cannot name the collage")
-        if "/" in value or value in {".", ".."} or _UNSAFE_CHARS & set(value):
-            raise UnsafeKey(f"{field} {value!r} cannot be used in an object key")
+        if "/" in value or value in {".", ".."} or _BACKSLASH in value or unsafe(value):
+            raise UnsafeKey(f"{field} {shown(value)!r} cannot be used in an object key")
     return f"{COLLAGE_PREFIX}/{brand}/{external_id}.jpg"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -13,6 +14,9 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
@@ -25,6 +29,7 @@ from collage.storage import Bucket
 from collage.web import auth, controls, pages, previews
 from collage.web.console import Console
 
+logger = logging.getLogger(__name__)
 # Pages are read by one operator or a few: a handful of connections, never a pool's worth.
 POOL_MAX = 4
 # The browser may run nothing but the console's own script, load nothing from elsewhere, and
@@ -91,23 +96,49 @@ def create_app(settings: Settings, *, made: previews.Previews | None = None) -> 
         ],
         middleware=[
             Middleware(SecurityHeaders),
+            # A page of another site's, its name pointed at this address (DNS rebinding),
+            # sends its own host name: refused before any handler runs.
+            Middleware(
+                TrustedHostMiddleware,
+                allowed_hosts=list(settings.console_hosts),
+                www_redirect=False,
+            ),
             Middleware(
                 SessionMiddleware,
                 secret_key=auth.session_secret(settings.web_token),
                 session_cookie=auth.SESSION_COOKIE,
                 max_age=auth.SESSION_MAX_AGE_S,
                 same_site="strict",
+                https_only=settings.web_secure_cookie,
             ),
         ],
         exception_handlers={
             auth.Refused: controls.refused,
             psycopg.OperationalError: pages.unavailable,
             PoolTimeout: pages.unavailable,
+            Exception: failed,
         },
         lifespan=lifespan,
     )
     app.state.console = console
     return app
+
+
+def failed(request: Request, exc: Exception) -> Response:
+    """A plain 500, with the security headers, and the traceback in the log only.
+
+    Starlette answers an unhandled error outside every middleware: the headers are added here.
+    """
+    logger.error(
+        "console: unhandled error",
+        exc_info=exc,
+        extra={"path": request.url.path[:200], "error": type(exc).__name__},
+    )
+    return PlainTextResponse(
+        "internal error; the console's log says more\n",
+        status_code=500,
+        headers={**SECURITY_HEADERS, "cache-control": "no-store"},
+    )
 
 
 class SecurityHeaders:

@@ -8,14 +8,21 @@ token, the name they gave. Without WEB_TOKEN nothing can be unlocked: the consol
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
 import re
 import secrets
+import time
+import weakref
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, cast
 
 from starlette.datastructures import FormData
 from starlette.requests import Request
+
+from collage.text import whole_number
 
 if TYPE_CHECKING:
     from collage.web.console import Console
@@ -51,10 +58,64 @@ def csrf_token(request: Request) -> str:
     return token
 
 
+class Unlocks:
+    """The sessions unlocked now, by a random id each holds: Lock ends a session's unlock for
+    every copy of its cookie, which a signed cookie alone cannot do.
+
+    Kept in memory: a restarted console forgets every unlock (operators unlock again).
+    """
+
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}
+
+    def start(self, request: Request, name: str) -> None:
+        """Unlock this session under `name`."""
+        self._prune()
+        sid = secrets.token_urlsafe(24)
+        self._until[sid] = time.monotonic() + SESSION_MAX_AGE_S
+        request.session["sid"] = sid
+        request.session["who"] = name
+
+    def end(self, request: Request) -> None:
+        """Lock this session, and every copy of its cookie."""
+        self._until.pop(str(request.session.pop("sid", "")), None)
+        request.session.pop("who", None)
+
+    def holds(self, request: Request) -> bool:
+        """Whether this session's unlock is still in force."""
+        until = self._until.get(str(request.session.get("sid", "")))
+        return until is not None and until > time.monotonic()
+
+    def _prune(self) -> None:
+        now = time.monotonic()
+        for sid in [sid for sid, until in self._until.items() if until <= now]:
+            del self._until[sid]
+
+
+class Guesses:
+    """Token guesses from one client take turns, each with its delay: parallel requests
+    cannot try forty tokens in the time of one."""
+
+    def __init__(self) -> None:
+        self._turns: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    @contextlib.asynccontextmanager
+    async def turn(self, request: Request) -> AsyncIterator[None]:
+        """Wait for this client's previous guess to be answered."""
+        client = request.client.host if request.client else "?"
+        lock = self._turns.get(client)
+        if lock is None:
+            lock = self._turns[client] = asyncio.Lock()
+        async with lock:
+            yield
+
+
 def who(request: Request) -> str | None:
     """The name the operator unlocked this session with, or None while it is locked."""
     name = request.session.get("who")
-    return name if isinstance(name, str) else None
+    if not isinstance(name, str) or not _console(request).unlocks.holds(request):
+        return None
+    return name
 
 
 def valid_name(text: str) -> str | None:
@@ -80,8 +141,8 @@ async def checked_form(request: Request, *, unlocked: bool = True) -> FormData:
     # Browsers say where a request comes from; a cross-site one is never an operator's click.
     if request.headers.get("sec-fetch-site", "same-origin") not in {"same-origin", "none"}:
         raise Refused(403, "a request from another site is refused")
-    length = request.headers.get("content-length", "")
-    if not length.isdigit() or int(length) > MAX_FORM_BYTES:
+    length = whole_number(request.headers.get("content-length", ""))
+    if length is None or length > MAX_FORM_BYTES:
         raise Refused(413, f"a form must say its length and be under {MAX_FORM_BYTES:,} bytes")
     form = await request.form(max_files=0, max_fields=20)
     sent, expected = form.get("csrf"), request.session.get("csrf")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 import psycopg
@@ -31,6 +31,8 @@ class Console:
     pool: ConnectionPool[psycopg.Connection[dict[str, Any]]]
     previews: Previews
     templates: Jinja2Templates
+    unlocks: auth.Unlocks = field(default_factory=auth.Unlocks)
+    guesses: auth.Guesses = field(default_factory=auth.Guesses)
 
     @contextlib.contextmanager
     def db(self, *, wait_s: float = POOL_WAIT_S) -> Iterator[psycopg.Connection[dict[str, Any]]]:

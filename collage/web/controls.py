@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from collage.db import controls, failures
+from collage.text import shown, whole_number
 from collage.web import auth
 from collage.web.console import console_of
 
@@ -29,12 +30,14 @@ async def unlock(request: Request) -> Response:
     """Unlock this session's actions with WEB_TOKEN, under the name the operator gives."""
     form = await auth.checked_form(request, unlocked=False)
     name = auth.valid_name(str(form.get("who") or ""))
-    if not auth.token_matches(request, form.get("token")):
-        await asyncio.sleep(WRONG_TOKEN_DELAY_S)  # guessing takes time, and shows in the log
-        raise auth.Refused(403, "wrong token")  # logged by refused()
+    console = console_of(request)
+    async with console.guesses.turn(request):  # one client's guesses take turns
+        if not auth.token_matches(request, form.get("token")):
+            await asyncio.sleep(WRONG_TOKEN_DELAY_S)  # guessing takes time, and shows in the log
+            raise auth.Refused(403, "wrong token")  # logged by refused()
     if name is None:
         raise auth.Refused(400, "give your name: 1-40 letters, digits, spaces or . @ + - _")
-    request.session["who"] = name
+    console.unlocks.start(request, name)
     auth.new_csrf_token(request)  # the token an attacker may have seen before no longer works
     _log(request, "unlock", who=name)
     return _back(request, form, f"actions unlocked for {name}")
@@ -44,7 +47,7 @@ async def lock(request: Request) -> Response:
     """Lock this session's actions again."""
     form = await auth.checked_form(request, unlocked=False)
     _log(request, "lock", who=auth.who(request))
-    request.session.pop("who", None)
+    console_of(request).unlocks.end(request)  # every copy of this session's cookie too
     auth.new_csrf_token(request)
     return _back(request, form, "actions locked")
 
@@ -93,49 +96,58 @@ async def _on_selection(
 
 
 async def pause(request: Request) -> Response:
-    """Pause building one brand, or every brand when none is given."""
+    """Pause building one brand, exactly as rows spell it, or every brand when asked."""
     form = await auth.checked_form(request)
-    brand = str(form.get("brand") or "").strip()[:50] or None
+    brand = str(form.get("brand") or "")[:100] or None
+    every = form.get("all") == "1"
+    try:
+        scope = controls.pause_scope(None if every and brand is None else brand, every=every)
+    except controls.BadScope as exc:
+        raise auth.Refused(400, str(exc)) from None
     reason = str(form.get("reason") or "").strip()[:200] or None
     console = console_of(request)
     by = _by(request)
 
     def run() -> int:
         with console.db() as conn:
-            return controls.pause(conn, brand, by=by, reason=reason)
+            return controls.pause(conn, scope, by=by, reason=reason)
 
     held = await run_in_threadpool(run)
-    scope = brand or controls.EVERYTHING
     _log(request, "pause", who=auth.who(request), scope=scope, reason=reason, count=held)
-    what = f"brand {brand}" if brand else "every brand"
-    return _back(request, form, f"paused {what}: {held} waiting build(s) held back")
+    return _back(request, form, f"paused {_named(scope)}: {held} waiting build(s) held back")
 
 
 async def resume(request: Request) -> Response:
-    """End one pause (a brand's, or '*' for the pause of every brand)."""
+    """End one pause, named by its exact scope (a brand, or '*' for every brand)."""
     form = await auth.checked_form(request)
-    scope = str(form.get("scope") or "").strip()[:50]
-    if not scope:
+    scope = form.get("scope")
+    if not isinstance(scope, str) or not scope:
         raise auth.Refused(400, "name the pause to end: a brand, or * for every brand")
     console = console_of(request)
-    brand = None if scope == controls.EVERYTHING else scope
 
-    def run() -> int:
+    def run() -> int | None:
         with console.db() as conn:
-            return controls.resume(conn, brand)
+            return controls.resume(conn, scope)
 
     due = await run_in_threadpool(run)
+    if due is None:
+        raise auth.Refused(404, f"no pause of {_named(scope)}")
     _log(request, "resume", who=auth.who(request), scope=scope, count=due)
-    return _back(request, form, f"resumed {scope}: {due} build(s) due again")
+    return _back(request, form, f"resumed {_named(scope)}: {due} build(s) due again")
+
+
+def _named(scope: str) -> str:
+    return "every brand" if scope == controls.EVERYTHING else f"brand {shown(scope)!r}"
 
 
 def _selection(form: Any) -> tuple[list[int], dict[str, Any]]:
     """The SKUs a form names: product_id fields, or one error_class."""
     raw = form.getlist("product_id")
     if raw:
-        if len(raw) > MAX_IDS or not all(isinstance(v, str) and v.isdigit() for v in raw):
+        numbers = [whole_number(v) if isinstance(v, str) else None for v in raw]
+        if len(raw) > MAX_IDS or None in numbers:
             raise auth.Refused(400, f"product_id must be up to {MAX_IDS} whole numbers")
-        ids = sorted({int(v) for v in raw if len(v) < 19})
+        ids = sorted({n for n in numbers if n is not None})
         return ids, {"product_ids": ids[:20]}
     error_class = form.get("error_class")
     if isinstance(error_class, str) and 0 < len(error_class) <= 100:

@@ -22,7 +22,9 @@ from collage import db
 from collage.db import controls, failures, jobs, skus
 from collage.errors import CollageError
 from collage.storage.keys import MAX_PHOTOS
+from collage.text import unsafe, whole_number
 from collage.web import chart, previews
+from collage.web.auth import Refused
 from collage.web.console import console_of
 
 logger = logging.getLogger(__name__)
@@ -71,6 +73,8 @@ def search(request: Request) -> Response:
     """Find SKUs by id, BRAND/EXTERNAL_ID or external_id; one match opens its page."""
     console = console_of(request)
     text = request.query_params.get("q", "").strip()[:200]
+    if unsafe(text):
+        raise Refused(400, "a search cannot hold control characters")
     rows = []
     if text:
         with console.db() as conn:
@@ -109,12 +113,11 @@ def gallery(request: Request) -> Response:
     """The latest collages, large enough to check panels are upright, in order, colour-true."""
     console = console_of(request)
     before = request.query_params.get("before", "")
+    older_than = whole_number(before) if before else None
+    if before and older_than is None:
+        raise Refused(400, "before must be a whole number (the link under the gallery)")
     with console.db() as conn:
-        rows = skus.latest_collages(
-            conn,
-            limit=GALLERY_PAGE,
-            before=int(before) if before.isdigit() and len(before) < 19 else None,
-        )
+        rows = skus.latest_collages(conn, limit=GALLERY_PAGE, before=older_than)
     return console.render(
         request,
         "gallery.html",

@@ -11,16 +11,19 @@ eighth of its size where possible (JPEG's DCT scaling). Previews are kept in a b
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 from xml.sax.saxutils import escape
 
 from PIL import Image, ImageCms
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -31,7 +34,8 @@ from collage.isolation.pool import BuildPool
 from collage.isolation.process import Budget
 from collage.storage.bucket import MAX_OBJECT_BYTES, Bucket
 from collage.storage.keys import MAX_PHOTOS, collage_key
-from collage.web.console import console_of
+from collage.text import shown, whole_number
+from collage.web.console import Console, console_of
 
 PHOTO_BOX = (480, 480)
 COLLAGE_BOX = (4800, 320)  # a 20-photo collage stays legible; the gallery scales it down
@@ -41,6 +45,14 @@ _DECODED = JpegTarget(quality=90)
 CACHE_BYTES = 64 * 1024 * 1024
 MAX_COLLAGE_BYTES = 2 * MAX_OBJECT_BYTES  # a collage at the canvas limit is far smaller
 CACHE_CONTROL = "private, max-age=86400"  # the URL names the row's version: a change is a new URL
+# Previews made at once, each on a thread of its own (never Starlette's, which pages need).
+PREVIEW_SLOTS = 4
+# Different previews waiting to be made at most: past that, a request is answered 503 at once.
+MAX_PENDING = 32
+# How long a request waits for its preview; the making goes on, and its result is cached.
+WAIT_S = 10.0
+# A photo or collage read for a preview, start to end, however S3 trickles it.
+READ_DEADLINE_S = 20.0
 
 
 @dataclass(frozen=True)
@@ -84,6 +96,36 @@ class Previews:
         self._lock = threading.Lock()
         self._pool: BuildPool | None = None
         self._closed = False
+        self._threads = ThreadPoolExecutor(PREVIEW_SLOTS, thread_name_prefix="preview")
+        self._pending: dict[tuple[int, str, str], asyncio.Future[Preview]] = {}
+
+    async def fetch(self, row: dict[str, Any], which: str) -> Preview:
+        """Make or find the preview, on the previews' own threads, waiting WAIT_S at most.
+
+        Identical requests share one making: forty browsers asking for one photo read it once.
+        """
+        key = (int(row["product_id"]), which, version(row))
+        with self._lock:
+            if (hit := self._cache.get(key)) is not None:
+                self._cache.move_to_end(key)
+                return hit
+        making = self._pending.get(key)
+        if making is None:
+            if len(self._pending) >= MAX_PENDING:
+                raise PreviewError(503, "too many previews are being made; try again shortly")
+            loop = asyncio.get_running_loop()
+            making = loop.run_in_executor(self._threads, self.get, row, which)
+            self._pending[key] = making
+            making.add_done_callback(lambda done: self._made(key, done))
+        try:
+            return await asyncio.wait_for(asyncio.shield(making), WAIT_S)
+        except TimeoutError:
+            raise PreviewError(503, "the preview is taking long; try again shortly") from None
+
+    def _made(self, key: tuple[int, str, str], done: asyncio.Future[Preview]) -> None:
+        self._pending.pop(key, None)
+        if not done.cancelled():
+            done.exception()  # read, so nobody is told it never was
 
     def get(self, row: dict[str, Any], which: str) -> Preview:
         """Return the preview of `which` for the SKU in `row`; raise PreviewError if none."""
@@ -108,6 +150,7 @@ class Previews:
         with self._lock:
             self._closed = True
             pool, self._pool = self._pool, None
+        self._threads.shutdown(wait=False, cancel_futures=True)
         if pool is not None:
             pool.close()
 
@@ -115,7 +158,7 @@ class Previews:
         photo_url = row["image_urls"][index - 1]
         try:
             key = self.bucket.key_for(photo_url)
-            data = self.bucket.get(key, max_bytes=MAX_OBJECT_BYTES)
+            data = self.bucket.get(key, max_bytes=MAX_OBJECT_BYTES, deadline_s=READ_DEADLINE_S)
             # The worker's own path: a one-photo "collage" at the photo's size, built in a
             # bounded child; what comes back is a plain sRGB JPEG, upright.
             upright = self._decoder().build([data], target=_DECODED, names=[key]).jpeg
@@ -128,7 +171,7 @@ class Previews:
     def _collage(self, row: dict[str, Any]) -> bytes:
         try:
             key = collage_key(row["brand"], row["external_id"])
-            data = self.bucket.get(key, max_bytes=MAX_COLLAGE_BYTES)
+            data = self.bucket.get(key, max_bytes=MAX_COLLAGE_BYTES, deadline_s=READ_DEADLINE_S)
             limits = Limits(max_photo_pixels=Limits().max_canvas_pixels)
             photo = open_photo(data, f"the collage ({key})", limits)
             width, height = photo.image.size
@@ -152,16 +195,19 @@ class Previews:
             return self._pool
 
 
-def preview(request: Request) -> Response:
-    """GET /preview/{product_id}/{collage|photo-N}: a JPEG, or an SVG saying why not."""
+async def preview(request: Request) -> Response:
+    """GET /preview/{product_id}/{collage|photo-N}: a JPEG, or an SVG saying why not.
+
+    Async, so that slow previews hold none of the threads pages and /healthz run on.
+    """
     console = console_of(request)
     which = request.path_params["which"]
-    with console.db() as conn:
-        row = skus.photos_of(conn, request.path_params["product_id"])
+    row = await run_in_threadpool(_photos_of, console, request.path_params["product_id"])
     try:
         if row is None:
             raise PreviewError(404, "no such SKU")
-        made = console.previews.get(row, which)
+        _check_name(which, row)
+        made = await console.previews.fetch(row, which)
     except PreviewError as exc:
         return _placeholder(exc)
     current = request.query_params.get("v") == version(row)
@@ -171,13 +217,24 @@ def preview(request: Request) -> Response:
     return Response(made.jpeg, media_type="image/jpeg", headers=headers)
 
 
+def _photos_of(console: Console, product_id: int) -> dict[str, Any] | None:
+    with console.db() as conn:
+        return skus.photos_of(conn, product_id)
+
+
+def _check_name(which: str, row: dict[str, Any]) -> None:
+    """Only the canonical names: 'collage', 'photo-1'...; never 'photo-01' (a cache entry each)."""
+    if which != "collage":
+        _index(which, row)
+
+
 def _index(which: str, row: dict[str, Any]) -> int:
-    number = which.removeprefix("photo-")
     urls = row["image_urls"]
     count = min(len(urls), MAX_PHOTOS) if isinstance(urls, list) else 0
-    if which.startswith("photo-") and number.isdigit() and 1 <= int(number) <= count:
-        return int(number)
-    raise PreviewError(404, f"this SKU has no {which[:20]!r}")
+    number = whole_number(which.removeprefix("photo-"), max_digits=2)
+    if which.startswith("photo-") and number and which == f"photo-{number}" and number <= count:
+        return number
+    raise PreviewError(404, f"this SKU has no {shown(which[:20])!r}")
 
 
 def _refusal(exc: CollageError, *, photo: int = 1) -> PreviewError:

@@ -23,7 +23,7 @@ def test_a_pause_holds_new_uploads_across_a_worker_restart_and_resume_builds_the
     db: psycopg.Connection, settings: Settings, s3, start_worker: StartWorker
 ) -> None:
     urls = upload(s3, settings, {"p.jpg": jpeg(40, 50)})
-    paused = run(settings, "pause", "--reason", "S3 maintenance")
+    paused = run(settings, "pause", "--all", "--reason", "S3 maintenance")
     assert paused.exit_code == 0 and "paused every brand: 0 waiting build(s)" in paused.output
     worker = start_worker(settings)
     ids = [add_product(db, urls, brand=b, external_id=f"P-{b}") for b in ("zara", "hm")]
@@ -39,7 +39,7 @@ def test_a_pause_holds_new_uploads_across_a_worker_restart_and_resume_builds_the
     start_worker(settings)  # the pause lives in the database, not in a worker
     witness_pass(db)
     assert job_states(db, ids) == {"todo"} and built_count(db) == 0
-    resumed = run(settings, "resume")
+    resumed = run(settings, "resume", "--all")
     assert "resumed every brand: 2 build(s) due again" in resumed.output
     for pid in ids:
         assert final_state(db, pid)[0] == "collage_ready"
@@ -55,12 +55,36 @@ def test_pausing_one_brand_lets_the_others_through(
     passes = add_product(db, urls, brand="hm", external_id="H-1")
     assert final_state(db, passes)[0] == "collage_ready"
     assert status_of(db, held) == "uploaded"
-    # Resuming every brand does not end a brand's own pause.
-    assert "still paused: zara" in run(settings, "resume").output
+    # Resuming every brand does not end a brand's own pause, and says there was none.
+    resumed = run(settings, "resume", "--all")
+    assert resumed.exit_code == 1
+    assert "no pause of every brand (paused now: brand 'zara')" in resumed.output
     witness_pass(db)
     assert job_states(db, [held]) == {"todo"}
-    run(settings, "resume", "--brand", "zara")
+    assert "resumed brand 'zara': 1 build(s)" in run(settings, "resume", "--brand", "zara").output
     assert final_state(db, held)[0] == "collage_ready"
+
+
+def test_pause_and_resume_name_a_brand_exactly_or_every_brand_only_when_asked(
+    db: psycopg.Connection, settings: Settings
+) -> None:
+    for args, why in [
+        ((), "name a brand, or say every brand"),
+        (("--brand", ""), "a brand cannot be empty"),
+        (("--brand", "  "), "a brand cannot be empty"),
+        (("--brand", "*"), "'*' is not a brand"),
+        (("--brand", "zara", "--all"), "not both"),
+        (("--brand", "za\x1b]2;owned\x07ra"), "control characters"),
+    ]:
+        refused = run(settings, "pause", *args)
+        assert refused.exit_code == 2 and why in refused.output, (args, refused.output)
+    assert db.execute("SELECT count(*) FROM collage_pauses").fetchone() == (0,)
+    # A brand with a trailing space is its own brand, paused and resumed as spelled.
+    assert "paused brand 'zara '" in run(settings, "pause", "--brand", "zara ").output
+    missed = run(settings, "resume", "--brand", "zara")
+    assert missed.exit_code == 1 and "no pause of brand 'zara'" in missed.output
+    assert "resumed brand 'zara '" in run(settings, "resume", "--brand", "zara ").output
+    assert db.execute("SELECT count(*) FROM collage_pauses").fetchone() == (0,)
 
 
 def test_cancel_takes_waiting_builds_out_and_requeue_brings_them_back(

@@ -33,7 +33,8 @@ RED, BLUE, GREEN = (200, 30, 30), (30, 30, 200), (30, 160, 60)
 
 @pytest.fixture
 def web_settings(settings: Settings) -> Settings:
-    return settings.replace(web_token=TOKEN)
+    # Starlette's TestClient sends Host: testserver.
+    return settings.replace(web_token=TOKEN, web_allowed_hosts=("testserver",))
 
 
 @pytest.fixture
@@ -194,7 +195,7 @@ def test_previews_read_only_the_rows_own_originals_and_refuse_hostile_photos(
 def test_actions_need_the_token_and_the_sessions_csrf_token(
     db: psycopg.Connection, client: TestClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="collage.web.actions")
+    caplog.set_level(logging.INFO, logger="collage.web.controls")
     pid = errored(db, "PhotoUnreadable")
     page = client.get(f"/sku/{pid}").text
     assert "requeue this SKU" not in page  # locked: no action is offered
@@ -248,7 +249,8 @@ def test_without_a_token_the_console_is_read_only(
     db: psycopg.Connection, settings: Settings
 ) -> None:
     pid = errored(db, "PhotoUnreadable")
-    with TestClient(create_app(settings), follow_redirects=False) as client:
+    read_only = settings.replace(web_allowed_hosts=("testserver",))
+    with TestClient(create_app(read_only), follow_redirects=False) as client:
         page = client.get("/").text
         assert "read-only" in page and 'action="/unlock"' not in page
         refused = client.post("/unlock", data={"csrf": "x", "token": "x" * 20, "who": "ana"})

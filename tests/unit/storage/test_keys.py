@@ -56,7 +56,13 @@ def test_percent_encoding_is_decoded() -> None:
         ("s3://unde-images/a/../../etc/passwd", ForeignUrl),
         ("s3://unde-images/a/%2e%2e/b.jpg", ForeignUrl),
         ("s3://unde-images/", ForeignUrl),
-        ("s3://unde-images/a\x00b.jpg", ForeignUrl),
+        ("s3://unde-images/a%00b.jpg", ForeignUrl),
+        ("s3://unde-images/originals/a%E2%80%AEgpj.exe", ForeignUrl),
+        # urlsplit drops a tab or a newline silently, and would fetch originals/ab.jpg.
+        ("s3://unde-images/originals/a\x00b.jpg", BadImageUrls),
+        ("s3://unde-images/originals/a\tb.jpg", BadImageUrls),
+        ("s3://unde-images/origi\nnals/ab.jpg", BadImageUrls),
+        ("s3://unde-images/originals/a\u2028b.jpg", BadImageUrls),
         ("", BadImageUrls),
         (None, BadImageUrls),
         (42, BadImageUrls),
@@ -66,7 +72,14 @@ def test_percent_encoding_is_decoded() -> None:
 def test_anything_else_is_refused(url: object, error: type[Exception]) -> None:
     with pytest.raises(error) as info:
         key_for_url(url, **WHERE)
-    assert "\n" not in str(info.value)
+    assert "\n" not in str(info.value) and "\t" not in str(info.value)
+
+
+def test_a_huge_url_is_named_in_a_short_message() -> None:
+    url = "https://evil.example.com/" + "a" * 2_000_000
+    with pytest.raises(ForeignUrl) as info:
+        key_for_url(url, **WHERE)
+    assert len(info.value.message) < 500 and "more characters" in info.value.message
 
 
 @given(st.one_of(st.text(), st.none(), st.integers(), st.lists(st.text(), max_size=2)))
@@ -94,7 +107,20 @@ def test_fuzz_collage_key_stays_in_its_folder(brand: str, external_id: str) -> N
 
 @pytest.mark.parametrize(
     ("brand", "external_id"),
-    [("", "1"), ("zara", ""), ("a/b", "1"), ("..", "1"), ("zara", "x/../../y"), ("z\nara", "1")],
+    [
+        ("", "1"),
+        ("zara", ""),
+        ("a/b", "1"),
+        ("..", "1"),
+        ("zara", "x/../../y"),
+        ("z\nara", "1"),
+        # Unicode's own controls: a bidi override, line and paragraph separators, NEL.
+        ("zara", "AB\u202egpj.exe"),
+        ("zara\u2028", "1"),
+        ("zara", "1\u2029"),
+        ("za\x85ra", "1"),
+        ("zara", "a\u200bb"),
+    ],
 )
 def test_unsafe_collage_keys_are_refused(brand: str, external_id: str) -> None:
     with pytest.raises(UnsafeKey):
