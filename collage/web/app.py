@@ -98,11 +98,7 @@ def create_app(settings: Settings, *, made: previews.Previews | None = None) -> 
             Middleware(SecurityHeaders),
             # A page of another site's, its name pointed at this address (DNS rebinding),
             # sends its own host name: refused before any handler runs.
-            Middleware(
-                TrustedHostMiddleware,
-                allowed_hosts=list(settings.console_hosts),
-                www_redirect=False,
-            ),
+            Middleware(AllowedHosts, allowed_hosts=list(settings.console_hosts)),
             Middleware(
                 SessionMiddleware,
                 secret_key=auth.session_secret(settings.web_token),
@@ -139,6 +135,20 @@ def failed(request: Request, exc: Exception) -> Response:
         status_code=500,
         headers={**SECURITY_HEADERS, "cache-control": "no-store"},
     )
+
+
+class AllowedHosts(TrustedHostMiddleware):
+    """Answer only the configured Host headers, but /healthz for any: a health checker names
+    the container by its address, and the check tells a rebinding page nothing."""
+
+    def __init__(self, app: ASGIApp, allowed_hosts: list[str]) -> None:
+        super().__init__(app, allowed_hosts=allowed_hosts, www_redirect=False)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/healthz":
+            await self.app(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 class SecurityHeaders:
