@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from PIL import Image, ImageCms
 
 from collage.errors import CollageError, NoPhotos, TooLarge
-from collage.imaging.decode import Limits, Photo, decode, open_photo, opencv
+from collage.imaging.decode import Limits, Photo, decode, open_photo
 from collage.imaging.encode import Encoded, JpegTarget, fit
+from collage.imaging.webp import opencv
 
 # Upscaling from 0.6x and 0.8x, BICUBIC comes within 0.4-0.7 dB of LANCZOS for 27 % less CPU;
 # BILINEAR saves a third more and loses 0.9-1.6 dB (bin/bench-imaging --filters, docs/imaging.md).

@@ -7,17 +7,15 @@ compose.py lays them out and joins them.
 from __future__ import annotations
 
 import io
-import os
 import re
 import warnings
 from dataclasses import dataclass
-from functools import cache
-from types import ModuleType
 
 from PIL import ExifTags, Image, ImageCms, ImageFile, UnidentifiedImageError
 
 from collage.errors import PhotoUnreadable, TooLarge, one_line
 from collage.imaging.avif import clean_aperture
+from collage.imaging.webp import decode_still_webp, opencv
 
 # What scraped product photos come as; EPS and the rare plugins are left out on purpose (EPS
 # runs Ghostscript on the bytes).
@@ -67,6 +65,7 @@ class Photo:
     label: str
     orientation: int
     crop: tuple[int, int, int, int] | None = None  # an AVIF's clean aperture, before turning
+    data: bytes | None = None  # a WebP's file: OpenCV decodes it, not Pillow (webp.py)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -75,19 +74,6 @@ class Photo:
         if self.crop is not None:
             width, height = self.crop[2] - self.crop[0], self.crop[3] - self.crop[1]
         return (height, width) if self.orientation >= 5 else (width, height)
-
-
-@cache
-def opencv() -> tuple[ModuleType, ModuleType]:
-    """Import OpenCV and numpy, each on one thread: a job is given one core."""
-    # numpy's OpenBLAS starts a spinning thread per core at import unless told otherwise; the
-    # setdefault keeps an operator's own choice.
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    import cv2
-    import numpy as np
-
-    cv2.setNumThreads(1)
-    return cv2, np
 
 
 def webp_size(data: bytes) -> tuple[int, int] | None:
@@ -146,7 +132,7 @@ def open_photo(data: bytes, label: str, limits: Limits) -> Photo:
     # The whole coded image is decoded before any crop: its size is what the limit bounds.
     _check_photo_size(label, *Photo(image, label, orientation).size, limits)
     crop = clean_aperture(data, image.size) if image.format == "AVIF" else None
-    return Photo(image, label, orientation, crop)
+    return Photo(image, label, orientation, crop, data if image.format == "WEBP" else None)
 
 
 def _check_photo_size(label: str, width: int, height: int, limits: Limits) -> None:
@@ -216,8 +202,12 @@ def _orientation(image: ImageFile.ImageFile) -> int:
 def decode(photo: Photo, srgb: ImageCms.ImageCmsProfile) -> Image.Image:
     """Decode a photo into 8-bit sRGB, upright and flattened on white, as a browser shows it."""
     try:
-        photo.image.load()
-        image: Image.Image = photo.image
+        image: Image.Image
+        if (still := decode_still_webp(photo.image, photo.data)) is not None:
+            image = still
+        else:
+            photo.image.load()
+            image = photo.image
         if photo.crop is not None:  # MIAF's order: the clean aperture, then the turn
             image = image.crop(photo.crop)
             photo.image.close()
@@ -255,6 +245,8 @@ def _to_srgb(image: Image.Image, srgb: ImageCms.ImageCmsProfile) -> Image.Image:
         if image.mode not in ("I;16", "I"):
             image = image.convert("I")  # point() takes no other byte order
         image = image.point(lambda v: v / 257 + 0.5).convert("L")
+    elif image.mode == "RGBX" and not image.info.get("icc_profile"):
+        return image  # a WebP from OpenCV without a profile: Pillow's own 4-byte RGB, as it is
     elif image.mode not in _PROFILE_SPACE:
         image = image.convert("RGB")  # 1, P, YCbCr, RGBX...: no profile applies to these
     transform = _srgb_transform(image, srgb)

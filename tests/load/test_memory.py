@@ -160,3 +160,21 @@ def test_decoding_ahead_adds_at_most_one_photo_and_stays_under_the_worst_case() 
     assert added <= decoding * 1.3
     # Below the worst case one photo at a time already has: a 64 MP lossless WebP, 1.6 GiB.
     assert peaks[imaging.AHEAD_PIXELS] < 1.6 * 1024**3
+
+
+@pytest.mark.slow
+def test_a_64_mp_lossless_webp_beside_an_upscaled_jpeg_peaks_under_1_3_gib(
+    tmp_path: Path,
+) -> None:
+    # Pillow's WebP decoder held two canvases of its own and a copy: 1.4-1.6 GiB here.
+    from dev import bench_memory
+    from dev.photos import jpeg
+
+    side = 8000
+    webp, companion = tmp_path / "photo.webp", tmp_path / "companion.jpg"
+    webp.write_bytes(bench_memory.cases(side)["WebP lossless"]())
+    companion.write_bytes(jpeg((107_000_000 // side - side) // 4, side // 4, seed=1))
+    got = bench_memory._child([webp, companion], imaging.AHEAD_PIXELS)
+    assert got["error"] == "" and got["size"] > 0, got
+    assert got["peak"] <= 1.3 * 1024**3, got
+    print(f"64 MP lossless WebP on a 107 MP canvas: peak {got['peak'] / 2**20:,.0f} MiB")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import random
 import time
 
@@ -9,7 +10,8 @@ import pytest
 from PIL import Image, ImageFile
 
 from collage.errors import PhotoUnreadable, TooLarge
-from collage.imaging import Limits
+from collage.imaging import Limits, open_photo
+from collage.imaging import decode as decode_photo
 from dev.collages import build_collage
 from dev.photos import shapes
 from tests.support.pictures import (
@@ -215,3 +217,39 @@ def test_a_recognised_photo_that_cannot_be_opened_says_what_is_wrong() -> None:
     with pytest.raises(PhotoUnreadable) as raised:
         build_collage([bytes(broken)], names=NAMES[:1])
     assert raised.value.message.startswith("photo 1 (s3://bucket/a.jpg) is a JPEG that cannot be")
+
+
+def test_still_webps_decode_through_opencv_to_pillows_own_pixels() -> None:
+    import sys
+
+    import numpy as np
+    from PIL import ImageCms
+
+    decoding = sys.modules["collage.imaging.decode"]
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+    base = Image.merge(
+        "RGB",
+        (
+            Image.linear_gradient("L").resize((96, 64)),
+            Image.effect_noise((96, 64), 40),
+            Image.linear_gradient("L").rotate(90).resize((96, 64)),
+        ),
+    )
+    with_alpha = base.convert("RGBA")
+    with_alpha.putalpha(Image.linear_gradient("L").resize((96, 64)))
+    for image, options in [
+        (base, {"quality": 80}),
+        (base, {"lossless": True}),
+        (with_alpha, {"quality": 80}),
+        (with_alpha, {"lossless": True}),
+    ]:
+        out = io.BytesIO()
+        image.save(out, "WEBP", **options)
+        data = out.getvalue()
+        photo = open_photo(data, "photo 1", Limits())
+        assert photo.data == data
+        ours = decode_photo(photo, srgb).convert("RGB")
+        with Image.open(io.BytesIO(data)) as pillows:
+            pillows.load()
+            expected = decoding._to_srgb(pillows, srgb).convert("RGB")
+        assert np.array_equal(np.asarray(ours), np.asarray(expected)), options
