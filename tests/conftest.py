@@ -17,9 +17,9 @@ from psycopg.conninfo import conninfo_to_dict
 from collage.db import migrate
 from collage.settings import Settings
 from dev import sandbox
+from dev.s3proxy import FaultRule, FaultyProxy
 from tests.support.cluster import Cluster, pg_bindir, throwaway_cluster
 from tests.support.db import Db
-from tests.support.s3proxy import FaultRule, FaultyProxy
 from tests.support.workers import Rig
 
 DEFAULT_TEST_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -19,13 +19,13 @@ from collage.db import migrate
 from collage.settings import Settings
 from dev import sandbox
 from dev.photos import solid_jpeg
+from dev.s3proxy import SlowGets
 from tests.conftest import FaultyS3
 from tests.containers import engine
 from tests.containers.conftest import Figure
 from tests.support.db import Db
 from tests.support.pictures import BLUE, RED
 from tests.support.queue import LISTEN_PICKUP_S, build_jobs_in, doing_jobs, pickup_delay_s
-from tests.support.s3proxy import SlowGets
 from tests.support.skus import statuses, wait_settled
 from tests.support.workers import env_of
 

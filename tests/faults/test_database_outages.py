@@ -12,6 +12,7 @@ import pytest
 from collage.constants import RESCUE_TASK
 from dev import sandbox
 from dev.photos import solid_jpeg
+from dev.s3proxy import FaultyProxy, SlowGets
 from tests.conftest import missing_service
 from tests.support.cluster import Cluster
 from tests.support.db import Db
@@ -25,7 +26,6 @@ from tests.support.queue import (
     overlapping_builds,
     pickup_delay_s,
 )
-from tests.support.s3proxy import FaultyProxy, SlowGets
 from tests.support.skus import add_products, describe_unsettled, statuses, unsettled, wait_settled
 from tests.support.workers import Rig, WorkerProcess
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from collage.queue.health import CHECK_TIMEOUT_S
-from tests.support.s3proxy import SilentServer
+from dev.s3proxy import SilentServer
 from tests.support.workers import collage_command
 
 HEALTHCHECK_TIMEOUT_S = 20  # the Dockerfile's and compose's

@@ -14,9 +14,9 @@ import pytest
 
 from dev import sandbox
 from dev.photos import jpeg
+from dev.s3proxy import Fault, FaultyProxy
 from tests.support.db import Db
 from tests.support.queue import defer_rescue, doing_jobs, first_true
-from tests.support.s3proxy import Fault, FaultyProxy
 from tests.support.skus import add_products, statuses, wait_settled
 from tests.support.workers import Rig, collage_command, worker_env
 

@@ -16,11 +16,11 @@ import pytest
 from collage.constants import MAX_WORKER_DEATHS
 from dev import sandbox
 from dev.photos import solid_jpeg
+from dev.s3proxy import FaultyProxy, HoldOnce
 from tests.support.cluster import Cluster
 from tests.support.db import Db
 from tests.support.pictures import BLUE, RED
 from tests.support.queue import build_jobs_in, doing_jobs, overlapping_builds
-from tests.support.s3proxy import FaultyProxy, HoldOnce
 from tests.support.skus import add_products, statuses, wait_settled
 from tests.support.workers import Rig
 

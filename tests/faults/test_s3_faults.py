@@ -19,7 +19,7 @@ from collage.settings import Settings
 from collage.storage import bucket as storage
 from dev import sandbox
 from dev.photos import jpeg
-from tests.support.s3proxy import Fault, FaultyProxy, SlowGets, StallingS3
+from dev.s3proxy import Fault, FaultyProxy, SlowGets, StallingS3
 from tests.support.skus import upload
 
 # --- 4. S3 faults ---------------------------------------------------------------------------

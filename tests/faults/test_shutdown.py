@@ -10,10 +10,10 @@ import pytest
 from collage.constants import DEAD_WORKER_S, RESCUE_EVERY_S
 from dev import sandbox
 from dev.photos import solid_jpeg
+from dev.s3proxy import Fault, FaultyProxy, SlowGets
 from tests.support.db import Db
 from tests.support.pictures import GREEN
 from tests.support.queue import build_jobs_in, doing_jobs
-from tests.support.s3proxy import Fault, FaultyProxy, SlowGets
 from tests.support.skus import add_products, statuses, wait_settled
 from tests.support.workers import Rig
 

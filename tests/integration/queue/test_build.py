@@ -18,9 +18,9 @@ from collage.settings import Settings
 from collage.storage import downloads
 from dev import sandbox
 from dev.photos import jpeg, noisy_jpeg, solid_jpeg
+from dev.s3proxy import Fault, SlowGets
 from tests.conftest import FaultyS3
 from tests.support.pictures import BLUE, RED, mean_rgb
-from tests.support.s3proxy import Fault, SlowGets
 from tests.support.skus import StartWorker, add_product, final_state, upload
 
 

@@ -7,7 +7,7 @@ import pytest
 from collage.errors import ForeignUrl, OriginalMissing, TooLarge
 from collage.settings import Settings
 from collage.storage import Bucket, collage_key
-from tests.support.s3proxy import Fault
+from dev.s3proxy import Fault
 
 
 def test_get_and_put_through_a_real_s3_server(settings: Settings, s3) -> None:

@@ -14,7 +14,7 @@ from collage.errors import OriginalMissing, TooLarge, Transient
 from collage.settings import Settings
 from collage.storage import Bucket, downloads
 from dev import sandbox
-from tests.support.s3proxy import TrickleS3
+from dev.s3proxy import TrickleS3
 
 
 @pytest.fixture

@@ -24,8 +24,8 @@ from collage.settings import Settings
 from collage.web.app import SECURITY_HEADERS
 from dev import sandbox
 from dev.photos import jpeg
+from dev.s3proxy import FaultyProxy, SlowGets
 from tests.support.console import TOKEN, csrf_of
-from tests.support.s3proxy import FaultyProxy, SlowGets
 from tests.support.skus import add_product, upload
 from tests.support.workers import collage_command, env_of
 

@@ -102,10 +102,13 @@ class FaultyProxy:
             return
         pieces = 50
         size = max(1, -(-len(data) // pieces))
-        for start in range(0, len(data), size):
-            time.sleep(fault.trickle_s / pieces)
-            request.wfile.write(data[start : start + size])
-            request.wfile.flush()
+        try:
+            for start in range(0, len(data), size):
+                time.sleep(fault.trickle_s / pieces)
+                request.wfile.write(data[start : start + size])
+                request.wfile.flush()
+        except OSError:  # the client hung up: what a deadline is for
+            return
 
     def close(self) -> None:
         """Stop serving."""
