@@ -184,7 +184,7 @@ def _scope(brand: str | None, every: bool) -> str:
 
 
 def _named(scope: str) -> str:
-    return "every brand" if scope == controls.EVERYTHING else f"brand {cell(scope)!r}"
+    return "every brand" if scope == controls.EVERYTHING else f"brand '{cell(scope)}'"
 
 
 def _in_batches(batches: Iterator[int], total: int) -> int:

@@ -18,7 +18,7 @@ def find_product(conn: psycopg.Connection[Row], ref: str) -> Row | None:
         query = "SELECT * FROM collage_sku_jobs WHERE brand = %s AND external_id = %s"
         params = [brand, external_id]
     else:
-        raise ValueError(f"{shown(ref)!r} is neither a product id nor BRAND/EXTERNAL_ID")
+        raise ValueError(f"'{shown(ref)}' is neither a product id nor BRAND/EXTERNAL_ID")
     return conn.execute(query, params).fetchone()
 
 

@@ -45,11 +45,11 @@ def key_for_url(
         raise BadImageUrls(f"image_urls holds {shown(repr(url))}, not a URL")
     if unsafe(url.strip()):
         # urlsplit would drop a tab or a newline without a word, and fetch another object.
-        raise BadImageUrls(f"{shown(url)!r} holds control characters; no URL does")
+        raise BadImageUrls(f"'{shown(url)}' holds control characters; no URL does")
     try:
         key = _key_in_bucket(url.strip(), bucket=bucket, endpoint=endpoint, public_url=public_url)
     except ValueError as exc:  # urlsplit refuses some malformed URLs, e.g. an unclosed [
-        raise BadImageUrls(f"{shown(url)!r} is not a valid URL: {exc}") from None
+        raise BadImageUrls(f"'{shown(url)}' is not a valid URL: {exc}") from None
     if not key.startswith(prefix) or key.startswith(f"{COLLAGE_PREFIX}/"):
         raise ForeignUrl(f"{shown(url)} is not under {prefix} in bucket {bucket!r}")
     return key
@@ -98,5 +98,5 @@ def collage_key(brand: object, external_id: object) -> str:
         if not isinstance(value, str) or not value.strip():
             raise UnsafeKey(f"{field} is empty; cannot name the collage")
         if "/" in value or value in {".", ".."} or _BACKSLASH in value or unsafe(value):
-            raise UnsafeKey(f"{field} {shown(value)!r} cannot be used in an object key")
+            raise UnsafeKey(f"{field} '{shown(value)}' cannot be used in an object key")
     return f"{COLLAGE_PREFIX}/{brand}/{external_id}.jpg"

@@ -137,7 +137,7 @@ async def resume(request: Request) -> Response:
 
 
 def _named(scope: str) -> str:
-    return "every brand" if scope == controls.EVERYTHING else f"brand {shown(scope)!r}"
+    return "every brand" if scope == controls.EVERYTHING else f"brand '{shown(scope)}'"
 
 
 def _selection(form: Any) -> tuple[list[int], dict[str, Any]]:

@@ -234,7 +234,7 @@ def _index(which: str, row: dict[str, Any]) -> int:
     number = whole_number(which.removeprefix("photo-"), max_digits=2)
     if which.startswith("photo-") and number and which == f"photo-{number}" and number <= count:
         return number
-    raise PreviewError(404, f"this SKU has no {shown(which[:20])!r}")
+    raise PreviewError(404, f"this SKU has no '{shown(which[:20])}'")
 
 
 def _refusal(exc: CollageError, *, photo: int = 1) -> PreviewError:

@@ -25,7 +25,7 @@ from tests.containers import engine
 from tests.containers.conftest import Figure
 from tests.support.db import Db
 from tests.support.pictures import BLUE, RED
-from tests.support.queue import LISTEN_PICKUP_S, build_jobs_in, doing_jobs, pickup_delay_s
+from tests.support.queue import build_jobs_in, doing_jobs, listen_pids, pickup_delay_s
 from tests.support.skus import statuses, wait_settled
 from tests.support.workers import env_of
 
@@ -147,8 +147,9 @@ def test_the_image_migrates_then_builds_a_collage_and_reports_healthy(
     body = s3.get_object(Bucket=settings.s3_bucket, Key="collages/docker/IMG-1.jpg")
     assert body["ContentType"] == "image/jpeg"
     assert_red_then_blue(body["Body"].read())
-    pickup_s = pickup_delay_s(db, product_id)
-    assert pickup_s < LISTEN_PICKUP_S  # woken by LISTEN (through the session pool), not polling
+    pickup_s = pickup_delay_s(db, product_id)  # a figure: a loaded machine may take longer
+    # What wakes the worker: a LISTEN held open (through the session pool on that route).
+    assert listen_pids(db), "no LISTEN connection from the container"
 
     healthy_s = worker.wait_healthy(timeout=120)
     assert worker.exec("collage", "health").returncode == 0

@@ -93,6 +93,19 @@ def _bad_inputs(bucket: str, endpoint: str) -> tuple[dict[str, bytes], list[Bad]
         Bad("dot-dot id", [ok], "external_id '..' cannot be used", external_id=".."),
         Bad("id with slash", [ok], "external_id 'x/../../y' cannot", external_id="x/../../y"),
         Bad("id with newline", [ok], "external_id 'a\\nb' cannot", external_id="a\nb"),
+        Bad(
+            "id with a bidi override",
+            [ok],
+            "external_id 'AB\\u202egpj' cannot",
+            external_id="AB\u202egpj",
+        ),
+        Bad("brand with a line separator", [ok], "brand 'za\\u2028ra' cannot", brand="za\u2028ra"),
+        Bad("a tab inside a URL", [s3u("bad/o\tk.jpg")], "holds control characters"),
+        Bad(
+            "a 2 MB URL",
+            ["https://evil.example.com/" + "a" * 2_000_000],
+            "(1,999,725 more characters) is not on",
+        ),
     ]
     return photos, cases
 
@@ -138,6 +151,11 @@ def test_bad_input_ends_in_error_with_a_clear_message_and_spares_the_rest_of_the
         [ids[: len(cases)]],
     )
     assert {tuple(a[1]) for a in attempts} == {("error",)} and len(attempts) == len(cases)
+    # The ledger keeps the one line error_message keeps, however long the row's values.
+    longest = fdb.value(
+        "SELECT max(length(message)) FROM collage_outcomes WHERE product_id = ANY(%s)", [ids]
+    )
+    assert longest <= 600, longest
     # Nothing written anywhere but the good SKUs' collages.
     written = rig.keys() - {f"originals/{key}" for key in photos}
     assert written == {f"collages/faults/{g}.jpg" for g in goods}

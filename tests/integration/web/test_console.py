@@ -325,6 +325,35 @@ def test_pause_and_resume_from_the_console(db: psycopg.Connection, client: TestC
     assert due.fetchone() == (True,)
 
 
+def test_the_console_pauses_a_brand_exactly_and_every_brand_only_when_asked(
+    db: psycopg.Connection, client: TestClient
+) -> None:
+    csrf = unlock(client)
+
+    def pause(**form: str) -> int:
+        return client.post("/actions/pause", data={"csrf": csrf, "next": "/", **form}).status_code
+
+    assert pause(brand="") == 400  # an empty brand never means every brand
+    assert pause(brand="*") == 400
+    assert pause(brand="zara", all="1") == 400
+    assert db.execute("SELECT count(*) FROM collage_pauses").fetchone() == (0,)
+    assert pause(brand="zara ") == 303  # a brand spelled with its trailing space
+    assert pause(all="1") == 303
+    scopes = db.execute("SELECT scope FROM collage_pauses ORDER BY scope").fetchall()
+    assert scopes == [("*",), ("zara ",)]
+    page = client.get("/").text
+    assert 'value="zara "' in page  # the resume button names the exact scope
+
+    def resume(scope: str) -> int:
+        return client.post(
+            "/actions/resume", data={"csrf": csrf, "next": "/", "scope": scope}
+        ).status_code
+
+    assert resume("zara") == 404
+    assert resume("zara ") == 303 and resume("*") == 303
+    assert db.execute("SELECT count(*) FROM collage_pauses").fetchone() == (0,)
+
+
 def test_search_finds_by_id_brand_and_external_id_or_external_id_alone(
     db: psycopg.Connection, client: TestClient
 ) -> None:
