@@ -41,7 +41,7 @@ DEFAULT_CONCURRENCY = 2
 # about 6 s of CPU here: 30 s stops a decoding bomb long before a worker notices.
 DEFAULT_BUILD_CPU_S = 30
 # Memory a build may add to its child process (imports, about 280 MiB, come on top): the worst
-# accepted build, a 64 MP lossless WebP on a 150 MP canvas, peaks at 1.6 GiB; two fit in 4 GB.
+# accepted build, a 64 MP animated WebP on a 150 MP canvas, peaks at 1.6 GiB; two fit in 4 GB.
 DEFAULT_BUILD_MEMORY_MB = 1792
 # A SKU's photos, start to end: a server trickling a byte at a time never trips a read
 # timeout, so the whole download has a deadline. A product photo takes a second or two.
