@@ -16,11 +16,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+if TYPE_CHECKING:
+    from collage.settings import Settings
 
 PoolMode = Literal["session", "transaction"]
 PGBOUNCER_PATHS = ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer")
@@ -238,3 +241,21 @@ def s3_server() -> Iterator[S3Server]:
         yield S3Server(endpoint=f"http://127.0.0.1:{port}", stop=server.stop)
     finally:
         server.stop()
+
+
+def env_of(settings: Settings, **changes: str) -> dict[str, str]:
+    """The environment variables that `collage` reads these settings from."""
+    return {
+        "STAGING_DB_URL": settings.db_url,
+        "STAGING_DB_SESSION_URL": settings.db_session_url,
+        "S3_ENDPOINT": settings.s3_endpoint,
+        "S3_ACCESS_KEY": settings.s3_access_key,
+        "S3_SECRET_KEY": settings.s3_secret_key,
+        "S3_BUCKET": settings.s3_bucket,
+        "S3_PUBLIC_URL": settings.s3_public_url,
+        "TEMP_DIR": str(settings.temp_dir),
+        "S3_DOWNLOAD_DEADLINE_S": str(settings.download_deadline_s),
+        "COLLAGE_DEADLINE_S": str(settings.build_deadline_s),
+        "LOG_FORMAT": "text",
+        **changes,
+    }

@@ -200,7 +200,7 @@ def _process(settings: Settings, folder: Path, command: str, **env: str) -> Iter
     log = (folder / f"{command}-{time.monotonic_ns()}.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "collage", command],
-        env={**os.environ, **_environment(settings), **env},
+        env={**os.environ, **sandbox.env_of(settings, LOG_FORMAT="json"), **env},
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -213,21 +213,6 @@ def _process(settings: Settings, folder: Path, command: str, **env: str) -> Iter
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
-
-
-def _environment(settings: Settings) -> dict[str, str]:
-    return {
-        "STAGING_DB_URL": settings.db_url,
-        "STAGING_DB_SESSION_URL": settings.db_session_url,
-        "S3_ENDPOINT": settings.s3_endpoint,
-        "S3_ACCESS_KEY": settings.s3_access_key,
-        "S3_SECRET_KEY": settings.s3_secret_key,
-        "S3_BUCKET": settings.s3_bucket,
-        "S3_PUBLIC_URL": settings.s3_public_url,
-        "S3_DOWNLOAD_DEADLINE_S": str(settings.download_deadline_s),
-        "TEMP_DIR": str(settings.temp_dir),
-        "LOG_FORMAT": "json",
-    }
 
 
 def _answers(console: str) -> bool:

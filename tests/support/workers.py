@@ -19,24 +19,7 @@ import psycopg
 
 from collage.settings import Settings
 from dev import sandbox
-
-
-def env_of(settings: Settings, **changes: str) -> dict[str, str]:
-    """The environment variables that `collage` reads these settings from."""
-    return {
-        "STAGING_DB_URL": settings.db_url,
-        "STAGING_DB_SESSION_URL": settings.db_session_url,
-        "S3_ENDPOINT": settings.s3_endpoint,
-        "S3_ACCESS_KEY": settings.s3_access_key,
-        "S3_SECRET_KEY": settings.s3_secret_key,
-        "S3_BUCKET": settings.s3_bucket,
-        "S3_PUBLIC_URL": settings.s3_public_url,
-        "TEMP_DIR": str(settings.temp_dir),
-        "S3_DOWNLOAD_DEADLINE_S": str(settings.download_deadline_s),
-        "COLLAGE_DEADLINE_S": str(settings.build_deadline_s),
-        "LOG_FORMAT": "text",
-        **changes,
-    }
+from dev.sandbox import env_of
 
 
 def worker_env(settings: Settings, **changes: str) -> dict[str, str]:
