@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import struct
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -86,7 +87,7 @@ def build(
         opened.append(open_photo(data, label, limits))
     layout = plan_layout([photo.size for photo in opened])
     _check_layout(layout, opened, limits)
-    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+    srgb = srgb_profile()
     if len(opened) == 1:
         told(1, opened[0].label)
         if on_decode is not None:
@@ -96,7 +97,27 @@ def build(
             on_decode(1, True)
     else:
         collage = _join(opened, layout, srgb, told, on_decode, ahead_pixels)
-    return fit(collage, target, icc=srgb.tobytes())
+    return fit(collage, target, icc=srgb_icc())
+
+
+@functools.cache
+def srgb_profile() -> ImageCms.ImageCmsProfile:
+    """The sRGB profile photos are converted to, made once."""
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+@functools.cache
+def srgb_icc() -> bytes:
+    """The ICC profile every collage carries, the same bytes in every process.
+
+    LittleCMS stamps the time it made the profile into its header: two builds of the same
+    photos a second apart would differ. The stamp is fixed, and the optional profile ID,
+    which would hash it, left unset.
+    """
+    data = bytearray(srgb_profile().tobytes())
+    data[24:36] = struct.pack(">6H", 2024, 1, 1, 0, 0, 0)  # the header's dateTimeNumber
+    data[84:100] = bytes(16)  # the profile ID: zero says "not computed"
+    return bytes(data)
 
 
 class PhotoOutOfMemory(MemoryError):
