@@ -127,6 +127,8 @@ def soak(dsn: str, s3_endpoint: str, folder: Path, args: argparse.Namespace) -> 
                     timeout=max(30.0, started + args.minutes * 60 - time.monotonic()),
                     what="every good SKU",
                 )
+            # The clients go on to the end: the hostile SKUs' retries run meanwhile.
+            stop.wait(max(0.0, started + args.minutes * 60 - time.monotonic()))
             elapsed = time.monotonic() - started
             states = _states(db, run.skus)
         stop.set()
