@@ -80,3 +80,28 @@ def test_a_bucket_that_refuses_acls_gets_its_collages_without_one(
     assert puts == ["public-read", None, None]  # refused once; then never asked again
     assert s3.get_object(Bucket=settings.s3_bucket, Key="collages/b/4.jpg")["Body"].read() == b"two"
     assert not all_users_read(s3, settings.s3_bucket, "collages/b/3.jpg")
+
+
+def test_bodies_are_checksummed_only_where_nothing_else_guards_them(settings: Settings) -> None:
+    from dev.s3proxy import FaultyProxy
+
+    proxy = FaultyProxy(settings.s3_endpoint, lambda method, path: None)
+    try:
+        bucket = Bucket.from_settings(settings.replace(s3_endpoint=proxy.endpoint))
+        bucket.put_jpeg("collages/b/3.jpg", b"jpeg")
+        assert bucket.get("collages/b/3.jpg") == b"jpeg"
+    finally:
+        proxy.close()
+    (put,) = [h for method, _, h in proxy.requests if method == "PUT"]
+    (get,) = [h for method, _, h in proxy.requests if method == "GET"]
+    lowered = [{k.lower(): v for k, v in h.items()} for h in (put, get)]
+    # No CRC32 either way, asked or sent.
+    assert not any(
+        k.startswith("x-amz-checksum") or k == "x-amz-sdk-checksum-algorithm"
+        for h in lowered
+        for k in h
+    ), lowered
+    # Plain HTTP: the signature covers the body (a SHA-256 of it, not UNSIGNED-PAYLOAD).
+    assert lowered[0]["x-amz-content-sha256"] != "UNSIGNED-PAYLOAD"
+    tls = Bucket.from_settings(settings.replace(s3_endpoint="https://s3.example.com"))
+    assert tls.client.meta.config.s3["payload_signing_enabled"] is False
