@@ -16,12 +16,6 @@ from collage.constants import HOURLY_RETRY_SETTING, LOCK_PREFIX, QUEUE
 
 MESSAGE_CHARS = 2000  # error_message is cut to this: one line an operator reads, not a dump
 
-# A SKU's collage key is collages/{brand}/{external_id}.jpg: two rows with the same pair would
-# write the same object. The newer upload owns it; the other row is marked 'error' naming it.
-KEY_TAKEN = (
-    "{key} now belongs to SKU {owner}, which has the same brand and external_id and a newer upload"
-)
-
 
 @dataclass(frozen=True)
 class Product:
@@ -46,92 +40,6 @@ async def fetch(conn: AsyncConnection, product_id: int) -> Product | None:
     )
     row = await cur.fetchone()
     return Product(*row) if row else None
-
-
-async def claim(conn: AsyncConnection, product: Product) -> bool:
-    """Lock the SKU's row; True while it is still the upload this build read.
-
-    The lock comes before the check, so a re-upload that commits while this waits for the row
-    is seen: its new generation makes this build's result stale.
-    """
-    cur = await conn.execute(
-        "SELECT image_status = 'uploaded' AND upload_generation = %s"
-        " FROM raw_products WHERE id = %s FOR UPDATE",
-        [product.generation, product.id],
-    )
-    row = await cur.fetchone()
-    return bool(row and row[0])
-
-
-async def lock_collage_key(conn: AsyncConnection, key: str) -> None:
-    """Take turns, until this transaction ends, with any build that writes the same key.
-
-    A transaction-level advisory lock: safe through PgBouncer's transaction pool.
-    """
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [key])
-
-
-async def newer_owner(conn: AsyncConnection, product: Product) -> int | None:
-    """Another row naming the same collage whose upload is newer than this one's, if any."""
-    cur = await conn.execute(
-        """
-        SELECT id FROM raw_products
-         WHERE brand = %(brand)s AND external_id = %(external_id)s AND id <> %(id)s
-           AND image_status IN ('uploaded', 'collage_ready')
-           AND (coalesce(uploaded_at, '-infinity'), id)
-               > (coalesce(%(uploaded_at)s::timestamptz, '-infinity'), %(id)s)
-         ORDER BY uploaded_at DESC NULLS LAST, id DESC LIMIT 1
-        """,
-        _identity(product),
-    )
-    row = await cur.fetchone()
-    return int(row[0]) if row else None
-
-
-async def mark_ready(
-    conn: AsyncConnection, product: Product, *, collage_url: str, key: str
-) -> list[int]:
-    """Record the collage of a claimed SKU; return the older rows that named the same key.
-
-    Those rows showed a collage that is now this one's: they are marked 'error' naming the owner.
-    """
-    await conn.execute(
-        "UPDATE raw_products SET collage_url = %s, image_status = 'collage_ready',"
-        " error_message = NULL, updated_at = now() WHERE id = %s",
-        [collage_url, product.id],
-    )
-    await conn.execute("DELETE FROM collage_retry_rounds WHERE product_id = %s", [product.id])
-    cur = await conn.execute(
-        """
-        UPDATE raw_products SET image_status = 'error', error_message = %(message)s,
-               updated_at = now()
-         WHERE brand = %(brand)s AND external_id = %(external_id)s AND id <> %(id)s
-           AND image_status IN ('uploaded', 'collage_ready')
-           AND (coalesce(uploaded_at, '-infinity'), id)
-               < (coalesce(%(uploaded_at)s::timestamptz, '-infinity'), %(id)s)
-        RETURNING id
-        """,
-        {**_identity(product), "message": KEY_TAKEN.format(key=key, owner=product.id)},
-    )
-    return sorted(row[0] for row in await cur.fetchall())
-
-
-async def mark_error(conn: AsyncConnection, product: Product, *, message: str) -> None:
-    """Mark a claimed SKU broken with one line an operator can act on."""
-    await conn.execute(
-        "UPDATE raw_products SET image_status = 'error', error_message = %s, updated_at = now()"
-        " WHERE id = %s",
-        [message[:MESSAGE_CHARS], product.id],
-    )
-
-
-def _identity(product: Product) -> dict[str, Any]:
-    return {
-        "id": product.id,
-        "brand": product.brand,
-        "external_id": product.external_id,
-        "uploaded_at": product.uploaded_at,
-    }
 
 
 async def enqueue(

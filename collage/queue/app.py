@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
+import weakref
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
@@ -33,6 +35,8 @@ logger = logging.getLogger(__name__)
 # A job held back by its SKU's lock starts at the next poll, not on a notification.
 POLLING_INTERVAL_S = 1.0
 LISTEN_BACKOFF = Backoff(first_s=0.1, max_s=5.0)  # through an outage, for as long as it lasts
+# A pooled connection used this recently is not checked again as it is checked out.
+PROVEN_FOR_S = 1.0
 
 
 class SplitConnector(procrastinate.PsycopgConnector):
@@ -48,6 +52,20 @@ class SplitConnector(procrastinate.PsycopgConnector):
     def __init__(self, *, listen_conninfo: Callable[[], str], **pool_kwargs: Any) -> None:
         super().__init__(**pool_kwargs)
         self._listen_conninfo = listen_conninfo
+
+    async def _create_pool(self, pool_args: dict[str, Any]) -> psycopg_pool.AsyncConnectionPool:
+        """Procrastinate's pool, with autocommit and checks only where they can find something.
+
+        Autocommit: a single statement (Procrastinate's fetch and finish, reading a SKU) is its
+        own transaction, without a BEGIN and a COMMIT around it; what must be atomic says so
+        (`conn.transaction()`). A connection checked out again moments after its last use has
+        just proven itself (a broken one is discarded as it comes back): only one idle for a
+        while is checked, and a failure then is a database step's retry (resources.retry_db).
+        """
+        kwargs = {**pool_args.get("kwargs", {}), "autocommit": True}
+        return psycopg_pool.AsyncConnectionPool(
+            **{**pool_args, "kwargs": kwargs}, open=False, check=_check_if_idle()
+        )
 
     @contextlib.asynccontextmanager
     async def _get_standalone_connection(self) -> AsyncGenerator[psycopg.AsyncConnection]:
@@ -65,6 +83,20 @@ class SplitConnector(procrastinate.PsycopgConnector):
         async with connection:
             logger.info("listening for new jobs", extra={"action": "listen"})
             yield connection
+
+
+def _check_if_idle(idle_s: float = PROVEN_FOR_S) -> Callable[[Any], Any]:
+    """A pool check that asks the server only about connections idle for `idle_s` or more."""
+    last_out: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+
+    async def check(conn: psycopg.AsyncConnection[Any]) -> None:
+        now = time.monotonic()
+        recently = now - last_out.get(conn, -idle_s) < idle_s
+        last_out[conn] = now
+        if not recently:
+            await psycopg_pool.AsyncConnectionPool.check_connection(conn)
+
+    return check
 
 
 def make_connector(settings_source: Callable[[], Settings], *, pool_max: int = 8) -> SplitConnector:

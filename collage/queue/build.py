@@ -12,7 +12,7 @@ import time
 from procrastinate import JobContext
 
 from collage.constants import BUILD_TASK, QUEUE
-from collage.db import products
+from collage.db import builds
 from collage.db.outcomes import Outcome
 from collage.db.products import Product
 from collage.errors import CollageError, S3Refused, Transient
@@ -44,7 +44,7 @@ async def build(
     resources = resources_of(context)
     started = time.monotonic()
     product = await retry_db(
-        lambda: read_product(context, product_id), product_id=product_id, what="read the SKU"
+        lambda: start(context, product_id, generation), product_id=product_id, what="read the SKU"
     )
     if product is None or product.image_status != "uploaded":
         return _skip(product_id, started, status=product.image_status if product else "deleted")
@@ -102,10 +102,10 @@ async def build(
     return str(outcome.outcome)
 
 
-async def read_product(context: JobContext, product_id: int) -> Product | None:
-    """Read the SKU as it is when the job starts."""
+async def start(context: JobContext, product_id: int, generation: int | None) -> Product | None:
+    """Read the SKU as it is when the job starts, noting the build's first step if it is built."""
     async with connection(context) as conn:
-        return await products.fetch(conn, product_id)
+        return await builds.start(conn, product_id, generation=generation)
 
 
 async def make_collage(
@@ -127,7 +127,6 @@ async def _make(resources: Resources, product: Product, reporter: Reporter) -> M
     try:
         key = collage_key(product.brand, product.external_id)
         keys = resources.bucket.photo_keys(product.image_urls)
-        await reporter.begin(f"downloading {len(keys)} photo{'s' if len(keys) != 1 else ''}")
         photos = await download_all(
             resources.bucket,
             keys,

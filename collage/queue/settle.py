@@ -17,7 +17,7 @@ from psycopg import AsyncConnection
 
 from collage.backoff import Backoff
 from collage.constants import HANDOVER_S, MAX_WORKER_DEATHS
-from collage.db import outcomes, products, progress
+from collage.db import builds, outcomes, products, progress
 from collage.db.outcomes import Outcome
 from collage.db.products import Product
 from collage.errors import CollageError, KeyTaken, Permanent, Transient, WorkerDied, one_line
@@ -54,11 +54,12 @@ async def settle(
     duration_s: float,
 ) -> Outcome:
     """Publish or fail the SKU and record the attempt, in one transaction; safe to repeat."""
+    if isinstance(result, Made):
+        return await _publish(
+            conn, resources, product, result, job_id=job_id, duration_s=duration_s
+        )
     async with conn.transaction():
-        if isinstance(result, Made):
-            outcome = await _publish(conn, resources, product, result)
-        else:
-            outcome = await _fail(conn, product, result, attempt=attempt)
+        outcome = await _fail(conn, product, result, attempt=attempt)
         outcome = dataclasses.replace(outcome, job_id=job_id, duration_s=duration_s)
         await _record(conn, outcome)
         return outcome
@@ -88,14 +89,14 @@ async def interrupted(conn: AsyncConnection, product: Product, *, attempt: int) 
                 conn, product.id, attempt=attempt + 1, generation=product.generation
             )
             return None
-        if not await products.claim(conn, product):
+        if not await builds.claim(conn, product):
             return None
         cut = Transient("the worker stopped while building this SKU")
         outcome = _outcome(product, "error", error=cut)
         outcome = dataclasses.replace(
             outcome, message=f"gave up after {attempt + 1} attempts: {outcome.message}"
         )
-        await products.mark_error(conn, product, message=outcome.message or "")
+        await builds.mark_error(conn, product, message=outcome.message or "")
         await _record(conn, outcome)
         return outcome
 
@@ -110,45 +111,75 @@ async def after_death(
             await products.enqueue(conn, product_id)  # a newer upload: its own job builds it
             return None
         deaths, step = await progress.count_death(conn, product_id, product.generation)
-        if deaths < MAX_WORKER_DEATHS or not await products.claim(conn, product):
+        if deaths < MAX_WORKER_DEATHS or not await builds.claim(conn, product):
             await products.enqueue(conn, product_id, generation=product.generation)
             return None
         died = WorkerDied(
             f"the worker died {deaths} times while building this SKU; last seen {step}"
         )
-        await products.mark_error(conn, product, message=died.message)
+        await builds.mark_error(conn, product, message=died.message)
         outcome = dataclasses.replace(_outcome(product, "error", error=died), job_id=job_id)
         await _record(conn, outcome)
         return outcome, product
 
 
 async def _publish(
-    conn: AsyncConnection, resources: Resources, product: Product, made: Made
+    conn: AsyncConnection,
+    resources: Resources,
+    product: Product,
+    made: Made,
+    *,
+    job_id: int | None,
+    duration_s: float,
 ) -> Outcome:
     """Upload the collage and mark the SKU ready, unless a newer upload owns it by then.
 
     Builds that write the same key take turns (two rows may share brand and external_id), so
-    an older upload never overwrites the collage of a newer one.
+    an older upload never overwrites the collage of a newer one. Two round trips: the key's
+    lock and the owner check (with the BEGIN), then the upload, then one statement that claims,
+    records and forgets (with the COMMIT), pipelined.
     """
-    await products.lock_collage_key(conn, made.key)
-    owner = await products.newer_owner(conn, product)
-    if owner is None:
-        await _upload(resources, made)
-    if not await products.claim(conn, product):
-        return _outcome(product, "superseded", made=made)
-    owner = owner or await products.newer_owner(conn, product)
-    if owner is not None:
-        taken = KeyTaken(products.KEY_TAKEN.format(key=made.key, owner=owner))
-        await products.mark_error(conn, product, message=taken.message)
-        return _outcome(product, "error", error=taken)
-    url = resources.bucket.public_url_for(made.key)
-    displaced = await products.mark_ready(conn, product, collage_url=url, key=made.key)
-    if displaced:
+    try:
+        async with conn.pipeline():
+            # BEGIN and COMMIT by hand: psycopg's transaction block would wait on each.
+            await conn.execute("BEGIN")
+            await builds.lock_collage_key(conn, made.key)
+            owner = await builds.newer_owner(conn, product)  # this fetch sends all three
+            if owner is None:
+                await _upload(resources, made)
+            cur = await builds.publish(
+                conn,
+                product,
+                collage_url=resources.bucket.public_url_for(made.key),
+                key=made.key,
+                owner=owner,
+                job_id=job_id,
+                photos=made.photos,
+                bytes_out=len(made.built.jpeg),
+                duration_s=duration_s,
+                quality=made.built.quality,
+            )
+            await conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(Exception):  # a broken connection is the pool's to drop
+            await asyncio.shield(conn.rollback())
+        raise
+    published = await builds.published(cur)  # the COMMIT went with it
+    if published.displaced:
         logger.warning(
             "rows with the same collage key marked 'error'",
-            extra={"action": "build_collage", "product_id": product.id, "displaced": displaced},
+            extra={
+                "action": "build_collage",
+                "product_id": product.id,
+                "displaced": published.displaced,
+            },
         )
-    return _outcome(product, "built", made=made)
+    if published.outcome == "error":
+        taken = KeyTaken(published.message or "")
+        outcome = _outcome(product, "error", error=taken)
+    else:
+        outcome = _outcome(product, published.outcome, made=made)
+    return dataclasses.replace(outcome, job_id=job_id, duration_s=duration_s)
 
 
 async def _upload(resources: Resources, made: Made) -> None:
@@ -172,7 +203,7 @@ async def _fail(
     conn: AsyncConnection, product: Product, exc: Exception, *, attempt: int
 ) -> Outcome:
     """Mark the SKU broken, or queue a later attempt for a failure that may pass."""
-    if not await products.claim(conn, product):
+    if not await builds.claim(conn, product):
         return _outcome(product, "superseded", error=exc)
     if not isinstance(exc, Permanent) and attempt + 1 < MAX_ATTEMPTS:
         await products.enqueue(
@@ -188,7 +219,7 @@ async def _fail(
         outcome = dataclasses.replace(
             outcome, message=f"gave up after {attempt + 1} attempts: {outcome.message}"
         )
-    await products.mark_error(conn, product, message=outcome.message or "")
+    await builds.mark_error(conn, product, message=outcome.message or "")
     return outcome
 
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -15,6 +12,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from collage.errors import OriginalMissing, Permanent, S3Refused, TooLarge, Transient
+from collage.storage.budget import ByteBudget
 from collage.storage.keys import key_for_url, photo_keys
 
 if TYPE_CHECKING:
@@ -190,91 +188,6 @@ class Bucket:
             raise _transient_or_permanent(exc, f"head bucket {self.name}") from exc
         except BotoCoreError as exc:
             raise Transient(f"S3 unavailable: {exc}") from exc
-
-
-class ByteBudget:
-    """The bytes and the time one SKU's downloads may still take, shared by their threads.
-
-    A server may trickle a body a byte at a time, never idle long enough for a read timeout:
-    past the deadline every body still open is shut down, which wakes its blocked read.
-    """
-
-    def __init__(self, limit: int, *, deadline_s: float | None = None) -> None:
-        self.limit = limit
-        self.deadline_s = deadline_s
-        self._left = limit
-        self._lock = threading.Lock()
-        self._stopped = threading.Event()
-        self._expired = False
-        self._bodies: set[Any] = set()
-        self._timer: threading.Timer | None = None
-        if deadline_s is not None:
-            self._timer = threading.Timer(deadline_s, self._expire)
-            self._timer.daemon = True
-            self._timer.start()
-
-    @property
-    def stopped(self) -> bool:
-        """Whether the downloads still running must give up."""
-        return self._stopped.is_set()
-
-    def take(self, size: int) -> None:
-        """Count a chunk; raise when the SKU is over its budget or its build has given up."""
-        if self._stopped.is_set():
-            raise self.why_stopped()
-        with self._lock:
-            self._left -= size
-            if self._left < 0:
-                self.stop()
-                raise TooLarge(f"the photos add up to over {self.limit:,} bytes")
-
-    def why_stopped(self) -> Exception:
-        """The error a download stopped by this budget ends with."""
-        if self._expired:
-            return Transient(f"downloading the photos took over {self.deadline_s:g} s")
-        return Abandoned("the build stopped this download")
-
-    @contextlib.contextmanager
-    def holding(self, body: Any) -> Iterator[None]:
-        """Let `stop` reach this body's socket while it is being read."""
-        with self._lock:
-            self._bodies.add(body)
-        try:
-            if self._stopped.is_set():
-                _shut(body)
-            yield
-            if self._stopped.is_set():
-                raise self.why_stopped()  # the read ended early because the socket was shut
-        finally:
-            with self._lock:
-                self._bodies.discard(body)
-
-    def stop(self) -> None:
-        """Make every download still running stop now, even one blocked in a read."""
-        self._stopped.set()
-        for body in list(self._bodies):
-            _shut(body)
-
-    def close(self) -> None:
-        """Stop the downloads and drop the deadline's timer."""
-        if self._timer is not None:
-            self._timer.cancel()
-        self.stop()
-
-    def _expire(self) -> None:
-        self._expired = True
-        self.stop()
-
-
-def _shut(body: Any) -> None:
-    """Shut a response's socket for reading, so that a read blocked on it returns at once."""
-    raw: Any = getattr(body, "_raw_stream", None)  # botocore's StreamingBody, urllib3 inside
-    with contextlib.suppress(Exception):  # already released or closed: nothing blocks on it
-        raw.shutdown()
-
-
-class Abandoned(Exception):
-    """A download stopped because its SKU's build gave up on it; nobody waits for its result."""
 
 
 def _read_capped(body: Any, *, key: str, max_bytes: int, budget: ByteBudget) -> bytes:

@@ -12,7 +12,8 @@ import functools
 from collections.abc import Sequence
 from concurrent.futures import Executor
 
-from collage.storage.bucket import Abandoned, Bucket, ByteBudget
+from collage.storage.bucket import Bucket
+from collage.storage.budget import Abandoned, ByteBudget
 
 CONCURRENCY = 4
 # The compressed originals of one SKU held in memory at once, whatever the rows claim.

@@ -148,8 +148,8 @@ def test_a_query_killed_in_flight_does_not_lose_the_sku(
 ) -> None:
     """Kill the worker's connections while a build's own query is running (deterministic).
 
-    A table lock held by the test parks the build's first read (products.fetch) or its final
-    write (products.newer_owner) inside PostgreSQL; then every worker connection is terminated,
+    A table lock held by the test parks the build's first read (builds.start) or its final
+    write (builds.newer_owner) inside PostgreSQL; then every worker connection is terminated,
     as a failover or a PgBouncer restart would, exactly in that window.
     """
     urls = rig.upload({"kill/q.jpg": solid_jpeg(30, 20, RED)})
@@ -194,9 +194,9 @@ def test_a_query_killed_in_flight_does_not_lose_the_sku(
             locker.execute("LOCK TABLE raw_products IN ACCESS EXCLUSIVE MODE")
             slow.released.set()
         locker_pid = locker.info.backend_pid
-        # The first read is products.fetch; the final write starts by looking for other rows
-        # naming the same collage (products.newer_owner).
-        statement = "SELECT id, external_id%" if moment == "first-read" else "%WHERE brand = %"
+        # The first read is builds.start; the final write starts by looking for other rows
+        # naming the same collage (builds.newer_owner).
+        statement = "%WITH p AS (%" if moment == "first-read" else "%WHERE brand = %"
         sandbox.wait_until(
             lambda: fdb.value(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"

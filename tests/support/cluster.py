@@ -45,9 +45,21 @@ class Cluster:
 
     def _pg_ctl(self, *args: str, timeout: float = 60) -> None:
         command = [str(self.bindir / "pg_ctl"), "-D", str(self.folder / "data"), "-w", *args]
-        result = subprocess.run(
-            _as_postgres(command), capture_output=True, text=True, timeout=timeout
-        )
+        try:
+            result = subprocess.run(
+                _as_postgres(command), capture_output=True, text=True, timeout=timeout
+            )
+        except subprocess.TimeoutExpired:
+            processes = subprocess.run(
+                ["ps", "-u", "postgres", "-o", "pid,stat,wchan:20,etime,args"],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout
+            raise RuntimeError(
+                f"pg_ctl {args[-1]} did not finish in {timeout:.0f} s;"
+                f" the server's processes:\n{processes}\n{self.log()}"
+            ) from None
         if result.returncode != 0:
             raise RuntimeError(f"pg_ctl {args[-1]} failed: {result.stderr}\n{self.log()}")
 

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from collage import db as database
-from collage.db import products
+from collage.db import builds, products
 from dev import sandbox
 
 
@@ -45,12 +45,21 @@ def wait_for_lock(db: psycopg.Connection, backend_pid: int) -> None:
 
 
 async def try_to_publish(conn: psycopg.AsyncConnection, product: products.Product) -> bool:
-    """What the build does with its result: claim the row, then mark it ready if still its own."""
+    """What the build does with its result: claim the row and mark it ready if still its own."""
     async with conn.transaction():
-        if not await products.claim(conn, product):
-            return False
-        await products.mark_ready(conn, product, collage_url="https://x/old.jpg", key="k")
-        return True
+        cur = await builds.publish(
+            conn,
+            product,
+            collage_url="https://x/old.jpg",
+            key="k",
+            owner=None,
+            job_id=None,
+            photos=1,
+            bytes_out=1,
+            duration_s=0.0,
+            quality=95,
+        )
+    return (await builds.published(cur)).outcome == "built"
 
 
 def state(db: psycopg.Connection, pid: int) -> tuple:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collage.errors import OriginalMissing, TooLarge
 from collage.storage import downloads
-from collage.storage.bucket import Abandoned
+from collage.storage.budget import Abandoned
 
 
 def test_the_download_over_budget_is_reported_not_the_ones_it_stopped() -> None:
