@@ -18,11 +18,9 @@ from collage.db import progress
 
 logger = logging.getLogger(__name__)
 
-# The first step of a build is written before the build goes on (the rescue can then always say
-# where it began, even when its first download kills the worker); each later one only if it
-# lasts this long.
+# The first step of a build is written with the SKU's first read (db.builds.start): the rescue
+# can then always say where it began. Each later one is written only if it lasts this long.
 LATER_STEPS_AFTER_S = 0.5
-FIRST_STEP_WAIT_S = 2.0  # a database slower than this costs the rescue's message, not the build
 CLOSE_WAIT_S = 5.0  # a step's write is one short statement: longer means the database is away
 
 
@@ -46,14 +44,6 @@ class Reporter:
         self._changed = asyncio.Event()
         self._closed = False
         self._writer = asyncio.ensure_future(self._write_changes())
-
-    async def begin(self, step: str) -> None:
-        """Write the build's first step now, before anything that could kill the worker."""
-        self._latest = step
-        try:
-            await asyncio.wait_for(self._write(step), FIRST_STEP_WAIT_S)
-        except (psycopg.Error, TimeoutError) as exc:
-            _not_written(exc)
 
     def say(self, step: str) -> None:
         """Report a later step, from this thread or any other."""
