@@ -152,7 +152,8 @@ def make_command(
         min_quality=min(min_quality, quality) if max_bytes else None,
     )
     try:
-        with BuildPool(budget=Budget.of(), processes=1) as pool:
+        # One interpreter: the build child is forked from this one, with its imports.
+        with BuildPool(budget=Budget.of(), processes=1, forked=True) as pool:
             built = pool.build(data, target=target, names=[str(p) for p in photos])
     except CollageError as exc:
         raise Fail(exc.message) from None

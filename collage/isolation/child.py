@@ -22,9 +22,13 @@ from collage.isolation import protocol
 Send = Callable[[protocol.Frame], None]
 
 
-def main() -> None:
-    """Serve build requests on stdin until it closes, each under the CPU and memory budget."""
+def main(stdin: IO[bytes] | None = None, stdout: IO[bytes] | None = None) -> None:
+    """Serve build requests on stdin until it closes, each under the CPU and memory budget.
+
+    A forked child (isolation.process.ChildProcess.fork) passes its pipes.
+    """
     _die_with_parent()
+    _one_malloc_arena()
     imaging.load_resampler()
     cpu_s = float(os.environ["COLLAGE_CHILD_CPU_S"])
     memory = int(os.environ["COLLAGE_CHILD_MEMORY_BYTES"])
@@ -32,7 +36,8 @@ def main() -> None:
     # The imports are the child's own; a build may add `memory` to them, and no more.
     address_space = status("VmSize") + memory
     resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    if stdin is None or stdout is None:
+        stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # a stray print must not corrupt the frames
     protocol.write_frame(stdout, protocol.Ready())
     while (request := protocol.read_request(stdin)) is not None:
@@ -119,6 +124,20 @@ def status(field: str) -> int:
         if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
     raise LookupError(field)
+
+
+def _one_malloc_arena() -> None:
+    """What MALLOC_ARENA_MAX=1 does, for a forked child whose glibc read its environment long ago.
+
+    Every thread's own arena would reserve 64 MiB of address space, counted by RLIMIT_AS.
+    """
+    try:
+        import ctypes
+
+        m_arena_max = -8
+        ctypes.CDLL(None).mallopt(m_arena_max, 1)
+    except (OSError, AttributeError):  # not glibc: nothing reserves per thread
+        return
 
 
 def _die_with_parent() -> None:

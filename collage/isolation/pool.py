@@ -32,6 +32,7 @@ class BuildPool:
         limits: Limits | None = None,
         jobs_per_child: int = JOBS_PER_CHILD,
         ahead_pixels: int = AHEAD_PIXELS,
+        forked: bool = False,
     ) -> None:
         self.limits, self.budget = limits or Limits(), budget
         self.jobs_per_child, self.ahead_pixels = jobs_per_child, ahead_pixels
@@ -40,8 +41,11 @@ class BuildPool:
         self._running, self._cores = 0, len(os.sched_getaffinity(0))
         self._slots = threading.BoundedSemaphore(processes)
         self._closed = False
+        # Forked children share this process's interpreter and imports (a one-shot command
+        # with one thread); the worker's are started afresh.
+        self._start = ChildProcess.fork if forked else ChildProcess.start
         for _ in range(processes):  # started now, so the first jobs do not wait for imports
-            self._idle.append(ChildProcess.start(self.budget))
+            self._idle.append(self._start(self.budget))
 
     def build(
         self,
@@ -113,7 +117,7 @@ class BuildPool:
                 if child.alive():
                     return child
                 child.kill()
-        return ChildProcess.start(self.budget)
+        return self._start(self.budget)
 
     def _give_back(self, child: ChildProcess) -> None:
         with self._lock:

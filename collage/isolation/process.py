@@ -6,6 +6,7 @@ the photo it was decoding is the one named, with what the child had spent.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, NoReturn
+from typing import IO, Any, NoReturn, Protocol
 
 from collage import errors
 from collage.errors import CollageError, OverBudget, PhotoUnreadable, Transient
@@ -61,10 +62,55 @@ class TwoDecoding(Exception):
     """The child crashed while decoding two photos at once: which one did it is unknown."""
 
 
+class Process(Protocol):
+    """What ChildProcess needs of a process: subprocess.Popen, or a Forked child."""
+
+    pid: int
+    returncode: int | Any
+    stdin: IO[bytes] | None
+    stdout: IO[bytes] | None
+
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+    def kill(self) -> None: ...
+
+
+class Forked:
+    """A child forked from this process: the Popen calls ChildProcess makes, on a bare pid."""
+
+    def __init__(self, pid: int, stdin: IO[bytes], stdout: IO[bytes]) -> None:
+        self.pid = pid
+        self.stdin: IO[bytes] | None = stdin
+        self.stdout: IO[bytes] | None = stdout
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                done, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped already (ChildProcess._died uses wait4)
+                return self.returncode
+            if done:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout or 0)
+            time.sleep(0.005)
+        return code
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+
+
 class ChildProcess:
     """One build child and the pipes to it."""
 
-    def __init__(self, process: subprocess.Popen[bytes], stderr: IO[bytes], budget: Budget):
+    def __init__(self, process: Process, stderr: IO[bytes], budget: Budget):
         self.process, self.stderr, self.budget = process, stderr, budget
         self.jobs = 0
         self.ready = False
@@ -74,20 +120,7 @@ class ChildProcess:
     @classmethod
     def start(cls, budget: Budget) -> ChildProcess:
         """Start a child; it imports what it needs while the worker goes on."""
-        env = {
-            **os.environ,
-            # One job, one core: numpy's OpenBLAS and OpenCV would start a thread per core.
-            "OPENBLAS_NUM_THREADS": "1",
-            "OMP_NUM_THREADS": "1",
-            # One malloc arena for the decoding threads too: glibc would reserve 64 MiB of
-            # address space per thread's arena, which RLIMIT_AS counts against the budget.
-            "MALLOC_ARENA_MAX": "1",
-            # Keep freed canvas memory for the next job (docs/imaging.md: the warm worker).
-            "PILLOW_BLOCKS_MAX": os.environ.get("PILLOW_BLOCKS_MAX", "32"),
-            "COLLAGE_CHILD_CPU_S": repr(budget.cpu_s),
-            "COLLAGE_CHILD_MEMORY_BYTES": str(budget.memory_bytes),
-            "COLLAGE_CHILD_PARENT_PID": str(os.getpid()),
-        }
+        env = {**os.environ, **_child_environment(budget)}
         # libtiff and libjpeg print warnings straight to file descriptor 2: keep them out of the
         # worker's log stream, and at hand for a crash report.
         stderr = tempfile.TemporaryFile(prefix="collage-child-")  # noqa: SIM115 - the child's
@@ -100,6 +133,37 @@ class ChildProcess:
             close_fds=True,
         )
         return cls(process, stderr, budget)
+
+    @classmethod
+    def fork(cls, budget: Budget) -> ChildProcess:
+        """Fork a child from this process: one interpreter, its imports shared, same bounds.
+
+        For a one-shot command with a single thread (`collage make`); the worker, with its
+        threads and event loop, starts fresh interpreters instead.
+        """
+        from collage.isolation import child
+
+        requests, to_child = os.pipe()
+        from_child, frames = os.pipe()
+        stderr = tempfile.TemporaryFile(prefix="collage-child-")  # noqa: SIM115 - the child's
+        environment = _child_environment(budget)
+        pid = os.fork()
+        if pid == 0:  # the child: serve on the pipes, never return into the command
+            code = 1
+            try:
+                os.environ.update(environment)
+                os.close(to_child)
+                os.close(from_child)
+                os.dup2(stderr.fileno(), 2)
+                with os.fdopen(requests, "rb") as stdin, os.fdopen(frames, "wb") as stdout:
+                    child.main(stdin, stdout)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(requests)
+        os.close(frames)
+        forked = Forked(pid, os.fdopen(to_child, "wb"), os.fdopen(from_child, "rb"))
+        return cls(forked, stderr, budget)
 
     def alive(self) -> bool:
         """Whether the child still runs."""
@@ -222,6 +286,24 @@ class ChildProcess:
         for pipe in (self.process.stdin, self.process.stdout, self.stderr):
             if pipe and not pipe.closed:
                 pipe.close()
+
+
+def _child_environment(budget: Budget) -> dict[str, str]:
+    """What a child reads from its environment: its budget, its parent, and its libraries."""
+    return {
+        # One job, one core: numpy's OpenBLAS and OpenCV would start a thread per core.
+        "OPENBLAS_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        # One malloc arena for the decoding threads too: glibc would reserve 64 MiB of
+        # address space per thread's arena, which RLIMIT_AS counts against the budget
+        # (a forked child, whose glibc has read this already, sets it with mallopt).
+        "MALLOC_ARENA_MAX": "1",
+        # Keep freed canvas memory for the next job (docs/imaging.md: the warm worker).
+        "PILLOW_BLOCKS_MAX": os.environ.get("PILLOW_BLOCKS_MAX", "32"),
+        "COLLAGE_CHILD_CPU_S": repr(budget.cpu_s),
+        "COLLAGE_CHILD_MEMORY_BYTES": str(budget.memory_bytes),
+        "COLLAGE_CHILD_PARENT_PID": str(os.getpid()),
+    }
 
 
 def _error_class(name: str) -> type[CollageError]:

@@ -20,7 +20,7 @@ from collage.imaging import Limits
 from collage.isolation.pool import BuildPool
 from collage.isolation.process import Budget
 from collage.isolation.protocol import MIB
-from dev import collages
+from dev import collages, sandbox
 from dev.collages import build_collage, build_in
 from dev.photos import jpeg, noisy_jpeg, scan_bomb
 
@@ -283,3 +283,38 @@ def test_photos_decode_ahead_only_while_a_core_is_free(monkeypatch: pytest.Monke
         still_builds(builder)  # alone again
     assert seen == [imaging.AHEAD_PIXELS, 0, imaging.AHEAD_PIXELS]
     assert outcome[0].jpeg.startswith(b"\xff\xd8")
+
+
+@pytest.mark.slow
+def test_collage_make_forks_its_child_and_a_crash_there_is_one_line(tmp_path: Path) -> None:
+    # One interpreter: the child is forked from the command, not started afresh; a crash in it
+    # still ends as the one line the worker's children give.
+    import subprocess
+
+    from tests.support.workers import collage_command
+
+    big = tmp_path / "big.jpg"
+    big.write_bytes(noisy_jpeg(6000, 6000))
+    command = subprocess.Popen(
+        [*collage_command(), "make", str(big), "-o", str(tmp_path / "out.jpg")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    children_of = Path(f"/proc/{command.pid}/task/{command.pid}/children")
+
+    def forked() -> list[int]:
+        found = [int(pid) for pid in children_of.read_text().split()]
+        assert command.poll() is None, "collage make ended before its child was seen"
+        return found
+
+    sandbox.wait_until(lambda: forked(), timeout=30, what="the forked build child")
+    [child] = forked()
+    cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+    assert b"collage.isolation.child" not in cmdline  # the same program: forked, not started
+    time.sleep(0.3)  # into the decoding
+    os.kill(child, signal.SIGSEGV)
+    out, err = command.communicate(timeout=60)
+    assert command.returncode == 1, (out, err)
+    assert err.count("\n") == 1 and "the decoder crashed (SIGSEGV)" in err, err
+    assert not (tmp_path / "out.jpg").exists()
