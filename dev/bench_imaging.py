@@ -404,6 +404,57 @@ def ipc_study(skus: Sequence[Path], reps: int) -> None:
     print(f"\nAdded wall time: a median {statistics.median(added):.1f} ms per MB moved.")
 
 
+def make_study(skus: Sequence[Path], reps: int) -> None:
+    """Print a cold `collage make` (its whole process tree) against the floor, interleaved."""
+    print(
+        "\n| SKU | upscaled | floor CPU s (cold / warm) | `collage make` CPU s |"
+        " make / cold floor | make / warm floor |\n|---|---|---|---|---|---|"
+    )
+    ratios: list[float] = []
+    for sku in skus:
+        sizes = [Image.open(io.BytesIO(data)).size for data in load(sku)]
+        upscaled = sum(h < max(h for _, h in sizes) for _, h in sizes)
+        cold, warm, made = [], [], []
+        for _ in range(reps):
+            cold.append(child(["floor"], sku, warm=False, resampling="BICUBIC")["floor"]["cpu"])
+            warm.append(child(["floor"], sku, warm=True, resampling="BICUBIC")["floor"]["cpu"])
+            made.append(_make_cpu(sku))
+        floor_cold, floor_warm = statistics.median(cold), statistics.median(warm)
+        make_cpu = statistics.median(made)
+        if upscaled:
+            ratios.append(make_cpu / floor_warm)
+        print(
+            f"| {sku.name} | {upscaled} | {floor_cold:.3f} / {floor_warm:.3f} | {make_cpu:.3f} |"
+            f" {make_cpu / floor_cold:.2f}x | {make_cpu / floor_warm:.2f}x |",
+            flush=True,
+        )
+    if ratios:
+        mean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+        print(f"\nUpscaling SKUs, cold `collage make` / warm floor, geometric mean: {mean:.2f}x")
+
+
+def _make_cpu(sku: Path) -> float:
+    """CPU seconds of `collage make` on a SKU, the command and its build child together."""
+    with tempfile.TemporaryDirectory(prefix="bench-make-") as scratch:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "collage",
+                "make",
+                *map(str, sorted(sku.glob("*.jpg"))),
+                "-o",
+                f"{scratch}/out.jpg",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            raise RuntimeError(f"collage make failed on {sku.name}")
+    return usage.ru_utime + usage.ru_stime
+
+
 def measure_fit(sku: Path, limits: Sequence[int], reps: int) -> list[dict[str, Any]]:
     """Build a SKU with each byte limit; count the full encodes and the sampled ones."""
     from collage.imaging import encode as encoding
@@ -481,6 +532,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--ipc", action="store_true", help="also time a pool child's overhead")
     parser.add_argument(
+        "--make", action="store_true", help="also time a cold `collage make` against the floor"
+    )
+    parser.add_argument(
         "--fit", nargs="*", type=int, help="also build the large SKU under these byte limits"
     )
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
@@ -518,6 +572,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 bench(skus, args.reps, warm=True, resampling=resampling, kinds=kinds)
         if args.ipc:
             ipc_study(skus, args.reps)
+        if args.make:
+            make_study(skus, args.reps)
         if args.fit is not None:
             large = [sku for sku in skus if sku.name == "large"] or skus[-1:]
             fit_study(large, args.fit or [10_000_000, 10 * 1024 * 1024, 5_000_000], args.reps)
