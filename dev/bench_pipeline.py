@@ -8,6 +8,7 @@ medians or percentiles of this run; ratios compare with baselines measured in th
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import signal
@@ -20,9 +21,10 @@ from pathlib import Path
 
 import click
 import psycopg
+from PIL import Image
 
 from collage.db import migrate
-from dev import collages, sandbox
+from dev import collages, pgwire, sandbox
 from dev.photos import noisy_jpeg
 
 LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -216,6 +218,25 @@ def pure_collage_seconds(endpoint: str, skus: list[list[str]]) -> list[float]:
     return times
 
 
+def floor_seconds(endpoint: str, skus: list[list[str]]) -> list[float]:
+    """CPU time of each SKU's floor: decode every photo once, encode its collage's canvas once."""
+    from dev.bench_imaging import floor
+
+    client = sandbox.s3_client(endpoint)
+    times = []
+    for urls in skus:
+        photos = [
+            client.get_object(Bucket=BUCKET, Key=url.split("/", 3)[3])["Body"].read()
+            for url in urls
+        ]
+        canvas = Image.open(io.BytesIO(collages.build_collage(photos)))
+        canvas.load()
+        start = time.process_time()
+        floor(photos, canvas)
+        times.append(time.process_time() - start)
+    return times
+
+
 def insert_uploaded(dsn: str, skus: list[list[str]]) -> float:
     """Insert every SKU as 'uploaded' in one transaction; return the commit time."""
     with psycopg.connect(dsn) as conn:
@@ -383,7 +404,18 @@ def main(samples: int, skus: int, bulk_rows: int, console: bool) -> None:
             dsn = fresh()
             four = seed_photos(endpoint, 10, sizes=[(1600, 2400)] * 3 + [(2000, 3000)])
             e2e = []
-            with workers(1, db_url=dsn, session_url=dsn, endpoint=endpoint, concurrency=2):
+            # Through a proxy that counts the worker's round trips to PostgreSQL.
+            with (
+                pgwire.counting(dsn) as counter,
+                workers(
+                    1,
+                    db_url=counter.dsn(dsn),
+                    session_url=counter.dsn(dsn),
+                    endpoint=endpoint,
+                    concurrency=2,
+                ),
+            ):
+                before = counter.snapshot()
                 for urls in four:
                     committed = insert_uploaded(dsn, [urls])
                     settle(dsn, timeout=60)
@@ -393,20 +425,23 @@ def main(samples: int, skus: int, bulk_rows: int, console: bool) -> None:
                             " WHERE image_status = 'collage_ready'"
                         ).fetchone()
                     e2e.append(float(done[0]) - committed)
+                trips = (counter.snapshot().round_trips - before.round_trips) / len(four)
             pure_four = pure_collage_seconds(endpoint, four)
             report.append("")
             report.append("| end to end, 4 photos (3x 1600x2400 + 2000x3000) | median s |")
             report.append("|---|---|")
             report.append(f"| commit to collage_ready | {statistics.median(e2e):.2f} |")
+            report.append(f"| round trips to PostgreSQL per SKU (all the worker's) | {trips:.1f} |")
             report.append(
                 f"| imaging.build_collage alone (CPU) | {statistics.median(pure_four):.2f} |"
             )
-            click.echo("\n".join(report[-4:]), err=True)
+            click.echo("\n".join(report[-5:]), err=True)
 
             # Throughput: `skus` SKUs, two workers, against the pure collage time.
             dsn = fresh()
             many = seed_photos(endpoint, skus, sizes=[(1200, 1800), (1000, 1500), (1200, 1800)])
             pure = pure_collage_seconds(endpoint, many)
+            floors = floor_seconds(endpoint, many)
             worker_cpu: list[float] = []
             with workers(
                 2,
@@ -435,6 +470,10 @@ def main(samples: int, skus: int, bulk_rows: int, console: bool) -> None:
             report.append("| CPU seconds in that run | seconds | vs pure collage CPU |")
             report.append("|---|---|---|")
             busy = worker_cpu[0] - idle
+            report.append(
+                f"| the floor (decode each photo once, encode the canvas once) | {sum(floors):.1f}"
+                f" | {sum(floors) / sum(pure):.2f}x |"
+            )
             for label, value in (
                 ("pure collage CPU (imaging.build_collage)", sum(pure)),
                 ("worker processes (download, build, upload, queue)", busy),
@@ -442,7 +481,11 @@ def main(samples: int, skus: int, bulk_rows: int, console: bool) -> None:
                 ("PostgreSQL (all processes)", pg_cpu),
             ):
                 report.append(f"| {label} | {value:.1f} | {value / sum(pure):.2f}x |")
-            click.echo("\n".join(report[-11:]), err=True)
+            report.append(
+                f"| **worker process tree (worker + build children) / the floor** |"
+                f" **{busy / sum(floors):.2f}x** | |"
+            )
+            click.echo("\n".join(report[-13:]), err=True)
 
             dsn = fresh()
             without = bulk_update_seconds(dsn, bulk_rows, trigger=False)
