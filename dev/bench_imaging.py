@@ -566,7 +566,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"per 6 MP; output JPEG q{QUALITY} 4:4:4; medians of {args.reps} interleaved rounds"
         )
         kinds = ("floor", *args.kinds)
-        for resampling in args.resampling:
+        for resampling in args.resampling if args.kinds else ():
             bench(skus, args.reps, warm=False, resampling=resampling, kinds=kinds)
             if args.warm:
                 bench(skus, args.reps, warm=True, resampling=resampling, kinds=kinds)
