@@ -6,9 +6,6 @@ from collections.abc import Callable, Mapping
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-import psycopg
-from psycopg.conninfo import conninfo_to_dict
-
 from collage.constants import COLLAGE_PREFIX
 from collage.errors import ConfigError
 
@@ -45,6 +42,9 @@ def parse_value(name: str, raw: str, parse: Callable[[str], T]) -> T:
 
 
 def dsn(raw: str) -> str:
+    import psycopg  # here: what reads no database setting need not import it
+    from psycopg.conninfo import conninfo_to_dict
+
     try:
         conninfo_to_dict(raw)
     except psycopg.ProgrammingError:

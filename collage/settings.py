@@ -12,8 +12,6 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
 from collage import env_values as values
 from collage.errors import ConfigError
 
@@ -198,6 +196,9 @@ def from_environment() -> Settings:
 def redact(dsn: str) -> str:
     """Hide every secret in a connection URL or key=value string so it can be logged."""
     if "://" not in dsn:
+        # Imported here: `collage make` reads no settings, and psycopg is a tenth of a second.
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
         params = conninfo_to_dict(dsn)
         hidden = {key: "***" for key in params if _is_secret(key)}
         return make_conninfo("", **{**params, **hidden}) if hidden else dsn

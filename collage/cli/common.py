@@ -9,7 +9,6 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import click
-import psycopg
 
 from collage.errors import ConfigError, one_line
 from collage.settings import Database, Settings
@@ -50,6 +49,8 @@ def database_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import psycopg  # imported as a database command runs: `collage make` has no need of it
+
         try:
             return func(*args, **kwargs)
         except psycopg.OperationalError as exc:

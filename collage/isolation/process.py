@@ -6,7 +6,6 @@ the photo it was decoding is the one named, with what the child had spent.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -15,10 +14,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Any, NoReturn, Protocol
+from typing import IO, NoReturn
 
 from collage import errors
 from collage.errors import CollageError, OverBudget, PhotoUnreadable, Transient
+from collage.isolation.forked import Forked, Process
 from collage.isolation.protocol import (
     MIB,
     BuildRequest,
@@ -60,51 +60,6 @@ class Budget:
 
 class TwoDecoding(Exception):
     """The child crashed while decoding two photos at once: which one did it is unknown."""
-
-
-class Process(Protocol):
-    """What ChildProcess needs of a process: subprocess.Popen, or a Forked child."""
-
-    pid: int
-    returncode: int | Any
-    stdin: IO[bytes] | None
-    stdout: IO[bytes] | None
-
-    def poll(self) -> int | None: ...
-    def wait(self, timeout: float | None = None) -> int: ...
-    def kill(self) -> None: ...
-
-
-class Forked:
-    """A child forked from this process: the Popen calls ChildProcess makes, on a bare pid."""
-
-    def __init__(self, pid: int, stdin: IO[bytes], stdout: IO[bytes]) -> None:
-        self.pid = pid
-        self.stdin: IO[bytes] | None = stdin
-        self.stdout: IO[bytes] | None = stdout
-        self.returncode: int | None = None
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            try:
-                done, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:  # reaped already (ChildProcess._died uses wait4)
-                return self.returncode
-            if done:
-                self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def wait(self, timeout: float | None = None) -> int:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while (code := self.poll()) is None:
-            if deadline is not None and time.monotonic() > deadline:
-                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout or 0)
-            time.sleep(0.005)
-        return code
-
-    def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
 
 
 class ChildProcess:
