@@ -30,6 +30,7 @@ from collage.isolation.protocol import (
     PhotoStarted,
     Ready,
     read_frame,
+    widen,
     write_frame,
 )
 from collage.settings import DEFAULT_BUILD_CPU_S, DEFAULT_BUILD_MEMORY_MB
@@ -87,6 +88,8 @@ class ChildProcess:
             env=env,
             close_fds=True,
         )
+        assert process.stdin is not None and process.stdout is not None
+        widen(process.stdin, process.stdout)
         return cls(process, stderr, budget)
 
     @classmethod
@@ -118,6 +121,8 @@ class ChildProcess:
         os.close(requests)
         os.close(frames)
         forked = Forked(pid, os.fdopen(to_child, "wb"), os.fdopen(from_child, "rb"))
+        assert forked.stdin is not None and forked.stdout is not None
+        widen(forked.stdin, forked.stdout)
         return cls(forked, stderr, budget)
 
     def alive(self) -> bool:
