@@ -111,7 +111,7 @@ async def publish(
             RETURNING p.id
         ), taken AS (
             UPDATE raw_products p SET image_status = 'error', updated_at = now(),
-                   error_message = left(replace(%(taken)s, '{owner}', d.owner::text), %(chars)s)
+                   error_message = left(%(taken_head)s || d.owner || %(taken_tail)s, %(chars)s)
               FROM decided d WHERE p.id = d.id AND d.owner IS NOT NULL
             RETURNING p.error_message
         ), rounds AS (
@@ -149,7 +149,9 @@ async def publish(
             "generation": product.generation,
             "url": collage_url,
             "owner": owner,
-            "taken": KEY_TAKEN.format(key=key, owner="{owner}"),
+            # The message with the owner's id between: a key may hold any text, "{owner}" too.
+            "taken_head": KEY_TAKEN.split("{owner}")[0].format(key=key),
+            "taken_tail": KEY_TAKEN.split("{owner}")[1],
             "displaced": KEY_TAKEN.format(key=key, owner=product.id)[:MESSAGE_CHARS],
             "chars": MESSAGE_CHARS,
             "job_id": job_id,
