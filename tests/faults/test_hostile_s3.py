@@ -60,8 +60,8 @@ def test_a_trickling_s3_holds_a_slot_no_longer_than_the_deadline_nor_holds_up_ma
         rig.spawn("-c", "2", s3_endpoint=proxy.endpoint, download_deadline_s=6)
         stuck = add_products(fdb, [slow, slow])
         sandbox.wait_until(lambda: len(doing_jobs(fdb)) == 2, timeout=30, what="both slots")
-        defer_rescue(fdb)
-        rescue = int(fdb.value("SELECT max(id) FROM procrastinate_jobs"))
+        rescue = defer_rescue(fdb)
+        assert rescue is not None, fdb.rows("SELECT id, task_name, status FROM procrastinate_jobs")
         took = first_true(
             {
                 "rescue": lambda: job_status(fdb, rescue) == "succeeded",

@@ -68,15 +68,20 @@ def overlapping_builds(db: Db) -> list[tuple]:
     return clashes
 
 
-def defer_rescue(db: Db) -> None:
-    """Queue the stalled-job rescue now instead of at the next minute's cron tick."""
+def defer_rescue(db: Db) -> int | None:
+    """Queue the stalled-job rescue now instead of at the next minute's cron tick.
+
+    Return its job id, or None when one was waiting already.
+    """
     with contextlib.suppress(psycopg.errors.UniqueViolation):  # one is waiting already
-        db.rows(
-            "SELECT procrastinate_defer_jobs_v1(ARRAY[ROW('collage_maintenance', 'collage.rescue',"
-            " 0, NULL,"
-            " 'collage.rescue', '{\"timestamp\": 0}'::jsonb, NULL)"
-            "::procrastinate_job_to_defer_v1])"
+        return int(
+            db.value(
+                "SELECT (procrastinate_defer_jobs_v1(ARRAY[ROW('collage_maintenance',"
+                " 'collage.rescue', 0, NULL, 'collage.rescue', '{\"timestamp\": 0}'::jsonb,"
+                " NULL)::procrastinate_job_to_defer_v1]))[1]"
+            )
         )
+    return None
 
 
 def doing_jobs(db: Db) -> list[tuple]:
