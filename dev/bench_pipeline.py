@@ -203,15 +203,20 @@ def seed_photos(endpoint: str, count: int, *, sizes: list[tuple[int, int]]) -> l
     return skus
 
 
-def pure_collage_seconds(endpoint: str, skus: list[list[str]]) -> list[float]:
-    """CPU time of imaging.build_collage alone for each SKU, photos already in memory."""
+def downloaded(endpoint: str, skus: list[list[str]]) -> Iterator[list[bytes]]:
+    """Each SKU's photos, read from the bucket, one SKU at a time."""
     client = sandbox.s3_client(endpoint)
-    times = []
     for urls in skus:
-        photos = [
+        yield [
             client.get_object(Bucket=BUCKET, Key=url.split("/", 3)[3])["Body"].read()
             for url in urls
         ]
+
+
+def pure_collage_seconds(endpoint: str, skus: list[list[str]]) -> list[float]:
+    """CPU time of imaging.build_collage alone for each SKU, photos already in memory."""
+    times = []
+    for photos in downloaded(endpoint, skus):
         start = time.process_time()
         collages.build_collage(photos)
         times.append(time.process_time() - start)
@@ -222,13 +227,8 @@ def floor_seconds(endpoint: str, skus: list[list[str]]) -> list[float]:
     """CPU time of each SKU's floor: decode every photo once, encode its collage's canvas once."""
     from dev.bench_imaging import floor
 
-    client = sandbox.s3_client(endpoint)
     times = []
-    for urls in skus:
-        photos = [
-            client.get_object(Bucket=BUCKET, Key=url.split("/", 3)[3])["Body"].read()
-            for url in urls
-        ]
+    for photos in downloaded(endpoint, skus):
         canvas = Image.open(io.BytesIO(collages.build_collage(photos)))
         canvas.load()
         start = time.process_time()
