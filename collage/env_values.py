@@ -141,6 +141,7 @@ def hosts(raw: str) -> tuple[str, ...]:
 
 def boolean(raw: str) -> bool:
     words = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
-    if raw.strip().lower() not in words:
+    found = words.get(raw.strip().lower())
+    if found is None:
         raise ValueError(f"expected true or false, got {raw!r}")
-    return words[raw.strip().lower()]
+    return found

@@ -29,10 +29,6 @@ class Transient(CollageError):
 class S3Refused(Transient):
     """S3 refused the request (clock, keys, policy): the worker's problem, not the SKU's."""
 
-    def __init__(self, message: str | None = None, *, code: str = "") -> None:
-        super().__init__(message)
-        self.code = code
-
 
 class WorkerDied(Transient):
     """The worker building this SKU died; it is built again, a few times at most."""

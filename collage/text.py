@@ -18,11 +18,16 @@ SHOWN_CHARS = 300
 
 def unsafe(text: str) -> bool:
     """Whether `text` holds a character that could change how it, or what follows, reads."""
-    return any(unicodedata.category(c) in UNSAFE_CATEGORIES for c in text)
+    # Every unsafe category is non-printable: most text is settled at C speed.
+    return not text.isprintable() and any(
+        unicodedata.category(c) in UNSAFE_CATEGORIES for c in text
+    )
 
 
 def escaped(text: str) -> str:
     """Every unsafe character as a visible escape (\\x1b, \\u202e), the rest as it is."""
+    if text.isprintable():
+        return text
     return "".join(
         c.encode("unicode_escape").decode("ascii")
         if unicodedata.category(c) in UNSAFE_CATEGORIES
@@ -37,11 +42,13 @@ def printable(text: str) -> str:
 
 
 def shown(text: str, *, limit: int = SHOWN_CHARS) -> str:
-    """A value from a row as one safe line, spaces kept as they are, cut to `limit` characters."""
-    line = escaped(text)
-    if len(line) <= limit:
-        return line
-    return f"{line[:limit]}... ({len(line) - limit:,} more characters)"
+    """A value from a row as one safe line, spaces kept as they are, cut after `limit` characters.
+
+    Only what is shown is escaped: a 2 MB URL costs its first `limit` characters.
+    """
+    if len(text) <= limit:
+        return escaped(text)
+    return f"{escaped(text[:limit])}... ({len(text) - limit:,} more characters)"
 
 
 def cut(text: str, limit: int) -> str:

@@ -259,3 +259,13 @@ def env_of(settings: Settings, **changes: str) -> dict[str, str]:
         "LOG_FORMAT": "text",
         **changes,
     }
+
+
+def terminate(process: subprocess.Popen[Any], *, timeout: float) -> int:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout`; reap it either way."""
+    process.terminate()
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait(timeout=30)

@@ -14,7 +14,6 @@ import itertools
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import threading
@@ -209,11 +208,7 @@ def _process(settings: Settings, folder: Path, command: str, **env: str) -> Iter
     try:
         yield process.pid
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        sandbox.terminate(process, timeout=120)
         log.close()
 
 

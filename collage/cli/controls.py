@@ -153,7 +153,7 @@ def pause_command(brand: str | None, every: bool, reason: str | None) -> None:
     database = load_database()
     with db.connect_dicts(database.url) as conn:
         held = controls.pause(conn, scope, by=operator(), reason=reason)
-    click.echo(f"paused {_named(scope)}: {held} waiting build(s) held back")
+    click.echo(f"paused {controls.scope_name(scope)}: {held} waiting build(s) held back")
 
 
 @click.command("resume")
@@ -168,11 +168,11 @@ def resume_command(brand: str | None, every: bool) -> None:
         due = controls.resume(conn, scope)
         still = [row["scope"] for row in controls.pauses(conn)]
     if due is None:
-        known = ", ".join(_named(s) for s in still) or "none"
-        raise Fail(f"no pause of {_named(scope)} (paused now: {known})")
-    click.echo(f"resumed {_named(scope)}: {due} build(s) due again")
+        known = ", ".join(controls.scope_name(s) for s in still) or "none"
+        raise Fail(f"no pause of {controls.scope_name(scope)} (paused now: {known})")
+    click.echo(f"resumed {controls.scope_name(scope)}: {due} build(s) due again")
     if still:
-        click.echo(f"still paused: {', '.join(_named(s) for s in still)}")
+        click.echo(f"still paused: {', '.join(controls.scope_name(s) for s in still)}")
 
 
 def _scope(brand: str | None, every: bool) -> str:
@@ -181,10 +181,6 @@ def _scope(brand: str | None, every: bool) -> str:
         return controls.pause_scope(brand, every=every)
     except controls.BadScope as exc:
         raise click.UsageError(f"{exc} (--brand NAME or --all)") from None
-
-
-def _named(scope: str) -> str:
-    return "every brand" if scope == controls.EVERYTHING else f"brand '{cell(scope)}'"
 
 
 def _in_batches(batches: Iterator[int], total: int) -> int:

@@ -44,9 +44,9 @@ def jobs_command(as_json: bool, failure_count: int) -> None:
         f"  running {s['running']}  stalled {s['stalled']}  workers alive {s['workers_alive']}"
     )
     for pause in report["pauses"]:
-        scope = "every brand" if pause["scope"] == controls.EVERYTHING else cell(pause["scope"])
         click.echo(
-            f"PAUSED {scope} since {cell(pause['paused_at'])} by {cell(pause['paused_by'])}"
+            f"PAUSED {controls.scope_name(pause['scope'])} since {cell(pause['paused_at'])}"
+            f" by {cell(pause['paused_by'])}"
             f" ({pause['held']} held back)"
             + (f": {cell(pause['reason'])}" if pause["reason"] else "")
         )

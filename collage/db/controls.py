@@ -199,6 +199,11 @@ def pause_scope(brand: str | None, *, every: bool) -> str:
     return brand
 
 
+def scope_name(scope: str) -> str:
+    """A pause's scope as people read it: 'every brand', or the brand quoted and escaped."""
+    return "every brand" if scope == EVERYTHING else f"brand '{shown(scope)}'"
+
+
 def pause(conn: psycopg.Connection[Row], scope: str, *, by: str, reason: str | None = None) -> int:
     """Pause building one brand (or every brand, scope '*'); return the waiting builds held back.
 

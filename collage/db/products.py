@@ -12,7 +12,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from collage.constants import HOURLY_RETRY_SETTING, LOCK_PREFIX, QUEUE
+from collage.constants import HOURLY_RETRY_SETTING, LOCK_PREFIX, QUEUE, sku_lock
 
 MESSAGE_CHARS = 2000  # error_message is cut to this: one line an operator reads, not a dump
 
@@ -63,14 +63,17 @@ async def enqueue(
 
 
 async def release(conn: AsyncConnection, product_ids: list[int]) -> int:
-    """Make these SKUs' waiting builds due now (held back while S3 refused the worker)."""
+    """Make these SKUs' waiting builds due now (held back while S3 refused the worker).
+
+    A build a pause holds (scheduled at 'infinity') stays held: the pause is the operator's.
+    """
     if not product_ids:
         return 0
     cur = await conn.execute(
         "UPDATE procrastinate_jobs SET scheduled_at = now()"
         " WHERE status = 'todo' AND queue_name = %s AND scheduled_at > now()"
-        " AND lock = ANY(%s)",
-        [QUEUE, [f"{LOCK_PREFIX}{product_id}" for product_id in product_ids]],
+        " AND scheduled_at <> 'infinity' AND lock = ANY(%s)",
+        [QUEUE, [sku_lock(product_id) for product_id in product_ids]],
     )
     return cur.rowcount
 

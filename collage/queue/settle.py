@@ -91,8 +91,8 @@ async def interrupted(conn: AsyncConnection, product: Product, *, attempt: int) 
             return None
         if not await builds.claim(conn, product):
             return None
-        cut = Transient("the worker stopped while building this SKU")
-        outcome = _outcome(product, "error", error=cut)
+        stopped = Transient("the worker stopped while building this SKU")
+        outcome = _outcome(product, "error", error=stopped)
         outcome = dataclasses.replace(
             outcome, message=f"gave up after {attempt + 1} attempts: {outcome.message}"
         )

@@ -212,7 +212,7 @@ def _transient_or_permanent(exc: ClientError, what: str) -> Exception:
     if code in _WORKER_REFUSED or (status in (401, 403) and code in ("", str(status))):
         # A HEAD's answer has no body, so no code: its 403 is as good as AccessDenied.
         said = code if code not in ("", str(status)) else "Forbidden"
-        return S3Refused(f"S3 refused {what}: {status} {said}", code=code)
+        return S3Refused(f"S3 refused {what}: {status} {said}")
     if status >= 500 or status == 429 or code in {"SlowDown", "RequestTimeout", "Throttling"}:
         return Transient(f"S3 answered {status} {code} to {what}")
     return Permanent(f"S3 refused {what}: {status} {code}")

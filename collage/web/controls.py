@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from collage.db import controls, failures
-from collage.text import shown, whole_number
+from collage.text import whole_number
 from collage.web import auth
 from collage.web.console import console_of
 
@@ -101,7 +101,7 @@ async def pause(request: Request) -> Response:
     brand = str(form.get("brand") or "")[:100] or None
     every = form.get("all") == "1"
     try:
-        scope = controls.pause_scope(None if every and brand is None else brand, every=every)
+        scope = controls.pause_scope(brand, every=every)
     except controls.BadScope as exc:
         raise auth.Refused(400, str(exc)) from None
     reason = str(form.get("reason") or "").strip()[:200] or None
@@ -114,7 +114,9 @@ async def pause(request: Request) -> Response:
 
     held = await run_in_threadpool(run)
     _log(request, "pause", who=auth.who(request), scope=scope, reason=reason, count=held)
-    return _back(request, form, f"paused {_named(scope)}: {held} waiting build(s) held back")
+    return _back(
+        request, form, f"paused {controls.scope_name(scope)}: {held} waiting build(s) held back"
+    )
 
 
 async def resume(request: Request) -> Response:
@@ -131,13 +133,9 @@ async def resume(request: Request) -> Response:
 
     due = await run_in_threadpool(run)
     if due is None:
-        raise auth.Refused(404, f"no pause of {_named(scope)}")
+        raise auth.Refused(404, f"no pause of {controls.scope_name(scope)}")
     _log(request, "resume", who=auth.who(request), scope=scope, count=due)
-    return _back(request, form, f"resumed {_named(scope)}: {due} build(s) due again")
-
-
-def _named(scope: str) -> str:
-    return "every brand" if scope == controls.EVERYTHING else f"brand '{shown(scope)}'"
+    return _back(request, form, f"resumed {controls.scope_name(scope)}: {due} build(s) due again")
 
 
 def _selection(form: Any) -> tuple[list[int], dict[str, Any]]:

@@ -104,11 +104,9 @@ class Previews:
 
         Identical requests share one making: forty browsers asking for one photo read it once.
         """
-        key = (int(row["product_id"]), which, version(row))
-        with self._lock:
-            if (hit := self._cache.get(key)) is not None:
-                self._cache.move_to_end(key)
-                return hit
+        key = _cache_key(row, which)
+        if (hit := self._cached(key)) is not None:
+            return hit
         making = self._pending.get(key)
         if making is None:
             if len(self._pending) >= MAX_PENDING:
@@ -129,11 +127,9 @@ class Previews:
 
     def get(self, row: dict[str, Any], which: str) -> Preview:
         """Return the preview of `which` for the SKU in `row`; raise PreviewError if none."""
-        key = (int(row["product_id"]), which, version(row))
-        with self._lock:
-            if (hit := self._cache.get(key)) is not None:
-                self._cache.move_to_end(key)
-                return hit
+        key = _cache_key(row, which)
+        if (hit := self._cached(key)) is not None:
+            return hit
         jpeg = self._collage(row) if which == "collage" else self._photo(row, _index(which, row))
         made = Preview(jpeg, '"' + hashlib.sha256(jpeg).hexdigest()[:32] + '"')
         with self._lock:
@@ -144,6 +140,13 @@ class Previews:
                     _, dropped = self._cache.popitem(last=False)
                     self._held -= len(dropped.jpeg)
         return made
+
+    def _cached(self, key: tuple[int, str, str]) -> Preview | None:
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+            return hit
 
     def close(self) -> None:
         """Stop the decoding child, if one was started."""
@@ -215,6 +218,10 @@ async def preview(request: Request) -> Response:
     if request.headers.get("if-none-match") == made.etag:
         return Response(status_code=304, headers=headers)
     return Response(made.jpeg, media_type="image/jpeg", headers=headers)
+
+
+def _cache_key(row: dict[str, Any], which: str) -> tuple[int, str, str]:
+    return int(row["product_id"]), which, version(row)
 
 
 def _photos_of(console: Console, product_id: int) -> dict[str, Any] | None:

@@ -68,10 +68,10 @@ def overlapping_builds(db: Db) -> list[tuple]:
     return clashes
 
 
-def defer_rescue(db: Db) -> int | None:
+def defer_rescue(db: Db) -> int:
     """Queue the stalled-job rescue now instead of at the next minute's cron tick.
 
-    Return its job id, or None when one was waiting already.
+    Return its job id, or that of the rescue already waiting (the one a worker's start queued).
     """
     with contextlib.suppress(psycopg.errors.UniqueViolation):  # one is waiting already
         return int(
@@ -81,7 +81,12 @@ def defer_rescue(db: Db) -> int | None:
                 " NULL)::procrastinate_job_to_defer_v1]))[1]"
             )
         )
-    return None
+    return int(
+        db.value(
+            "SELECT id FROM procrastinate_jobs WHERE queueing_lock = 'collage.rescue'"
+            " AND status = 'todo'"
+        )
+    )
 
 
 def doing_jobs(db: Db) -> list[tuple]:

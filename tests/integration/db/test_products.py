@@ -160,3 +160,28 @@ def test_a_callers_search_path_cannot_shadow_what_the_trigger_writes(
     assert queued == (1,)
     again = db.execute("SELECT public.collage_enqueue(%s, 0, NULL, NULL)", [row[0]]).fetchone()
     assert again == (None,)  # it found the waiting job and the row's generation in public
+
+
+def test_releasing_held_skus_makes_them_due_but_leaves_a_pause_alone(
+    db: psycopg.Connection, db_dsn: str
+) -> None:
+    held, paused = add_uploaded(db, external_id="HELD-1"), add_uploaded(db, external_id="PAUSED-1")
+    # As the gate and a pause leave them: one waiting 30 s, one never due.
+    for pid, when in ((held, "now() + interval '30 seconds'"), (paused, "'infinity'")):
+        db.execute(
+            f"UPDATE procrastinate_jobs SET scheduled_at = {when} WHERE lock = %s",
+            [f"product:{pid}"],
+        )
+
+    async def release() -> int:
+        async with await database.connect_async(db_dsn) as conn:
+            return await products.release(conn, [held, paused])
+
+    assert asyncio.run(release()) == 1
+    due = dict(
+        db.execute(
+            "SELECT lock, scheduled_at <= now() FROM procrastinate_jobs WHERE lock = ANY(%s)",
+            [[f"product:{held}", f"product:{paused}"]],
+        ).fetchall()
+    )
+    assert due == {f"product:{held}": True, f"product:{paused}": False}

@@ -9,7 +9,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import os
-import signal
 import subprocess
 import threading
 import time
@@ -56,12 +55,7 @@ def collage_web(settings: Settings, folder: Path, **env: str) -> Iterator[str]:
         )
         yield url
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=10)
+        sandbox.terminate(server, timeout=20)
 
 
 def assert_headers(response: httpx2.Response) -> None:
