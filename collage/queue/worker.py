@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from time import monotonic
 from typing import Any
 
@@ -38,14 +38,13 @@ from collage.db.liveness import Liveness
 from collage.queue import health, periodic, rescue
 from collage.queue.app import bind, pool_of
 from collage.queue.resources import Resources
+from collage.queue.side_by_side import RESTART_FIRST_S, RESTART_MAX_S, restarted, together
 from collage.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_GAVE_UP = 1
-RESTART_FIRST_S = 0.2
-RESTART_MAX_S = 10.0
 HEALTHY_RUN_S = 60.0  # a run at least this long ends an outage: the next failure starts afresh
 
 
@@ -167,7 +166,7 @@ async def _run_once(
                     **worker_options,
                 }
                 worker = asyncio.create_task(
-                    _together(
+                    together(
                         app.run_worker_async(
                             queues=[QUEUE],
                             concurrency=settings.worker_concurrency,
@@ -175,8 +174,13 @@ async def _run_once(
                             **options,
                         ),
                         # Periodic jobs on a worker of their own: builds never hold them up.
-                        app.run_worker_async(
-                            queues=[MAINTENANCE_QUEUE], concurrency=1, name="maintenance", **options
+                        restarted(
+                            lambda: app.run_worker_async(
+                                queues=[MAINTENANCE_QUEUE],
+                                concurrency=1,
+                                name="maintenance",
+                                **options,
+                            )
                         ),
                     ),
                     name="procrastinate workers",
@@ -205,19 +209,6 @@ async def _run_once(
             raise
         except Exception as exc:
             return f"{type(exc).__name__}: {exc}".strip()
-
-
-async def _together(*runs: Coroutine[Any, Any, None]) -> None:
-    """Run Procrastinate workers side by side: when one stops, or all are cancelled, all stop."""
-    tasks = [asyncio.ensure_future(run) for run in runs]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()  # Procrastinate turns this into a graceful stop
-        await asyncio.gather(*tasks, return_exceptions=True)
-    for task in done:
-        task.result()  # the one that stopped first says why
 
 
 async def _rescue_every(app: Any, worker: asyncio.Task[Any]) -> None:
