@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from collage import imaging
+from collage import allocator, imaging
 from collage.errors import CollageError, PhotoUnreadable, one_line
 from collage.isolation import protocol
 
@@ -28,7 +28,9 @@ def main(stdin: IO[bytes] | None = None, stdout: IO[bytes] | None = None) -> Non
     A forked child (isolation.process.ChildProcess.fork) passes its pipes.
     """
     _die_with_parent()
-    _one_malloc_arena()
+    # One arena: each thread's own would reserve 64 MiB of address space, counted by RLIMIT_AS
+    # (MALLOC_ARENA_MAX, for a forked child whose glibc read its environment long ago).
+    allocator.reuse_freed_memory(one_arena=True)
     imaging.load_resampler()
     cpu_s = float(os.environ["COLLAGE_CHILD_CPU_S"])
     memory = int(os.environ["COLLAGE_CHILD_MEMORY_BYTES"])
@@ -124,20 +126,6 @@ def status(field: str) -> int:
         if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
     raise LookupError(field)
-
-
-def _one_malloc_arena() -> None:
-    """What MALLOC_ARENA_MAX=1 does, for a forked child whose glibc read its environment long ago.
-
-    Every thread's own arena would reserve 64 MiB of address space, counted by RLIMIT_AS.
-    """
-    try:
-        import ctypes
-
-        m_arena_max = -8
-        ctypes.CDLL(None).mallopt(m_arena_max, 1)
-    except (OSError, AttributeError):  # not glibc: nothing reserves per thread
-        return
 
 
 def _die_with_parent() -> None:
