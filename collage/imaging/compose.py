@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import struct
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from PIL import Image, ImageCms
 
 from collage.errors import CollageError, NoPhotos, TooLarge
+from collage.imaging.canvas import Canvas, decode_into, decodes_in_place, rgbx_pixels, scratch
 from collage.imaging.decode import Limits, Photo, decode, open_photo
 from collage.imaging.encode import Encoded, JpegTarget, fit
 from collage.imaging.webp import opencv
@@ -136,67 +139,94 @@ def _join(
     on_decode: Callable[[int, bool], object] | None,
     ahead_pixels: int,
 ) -> Image.Image:
-    """Decode, scale and paste each photo in turn, the next one decoding while one is pasted.
+    """Decode, scale and place each photo in turn, the next one decoding while one is placed.
 
     Two photos at most are in memory beside the canvas (one only where they are large), and
-    each is freed as soon as it is pasted: Pillow's WebP decoder keeps its own copy of the
-    canvas until the image object itself is freed (256 MiB at 64 MP).
+    each is freed as soon as it is placed: Pillow's WebP decoder keeps its own copy of the
+    canvas until the image object itself is freed (256 MiB at 64 MP). A JPEG that needs no
+    scaling is decoded into the canvas itself, one that does into a buffer OpenCV scales from.
     """
-    collage = Image.new("RGB", (layout.width, layout.height))
-    # Two threads: the photo being pasted may still be decoding when the next one starts.
+    canvas = Canvas(layout.width, layout.height)
+    # Two threads: the photo being placed may still be decoding when the next one starts.
     # Pillow and OpenCV let go of the GIL while they decode, convert, scale and paste.
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="collage-decode")
-    pending: dict[int, Future[Image.Image]] = {}
+    pending: dict[int, Future[Panel]] = {}
     pixels = [photo.image.size[0] * photo.image.size[1] for photo in opened]
     labels = [photo.label for photo in opened]
-    unpasted: list[Photo | None] = [*opened]  # each dropped once pasted
+    lefts = list(itertools.accumulate(layout.widths, initial=0))
+    unplaced: list[Photo | None] = [*opened]  # each dropped once placed
     opened.clear()
 
     def start(i: int) -> None:
-        photo = unpasted[i]
+        photo = unplaced[i]
         assert photo is not None
         told(i + 1, photo.label)
         if on_decode is not None:
             on_decode(i + 1, False)
-        pending[i] = pool.submit(decode, photo, srgb)
+        pending[i] = pool.submit(_decoded_panel, photo, srgb, canvas, lefts[i], layout.widths[i])
         if on_decode is not None:
             pending[i].add_done_callback(functools.partial(_decoded, on_decode, i + 1))
 
-    x = 0
     try:
         for i, width in enumerate(layout.widths):
             if i not in pending:
                 start(i)
             if i + 1 < len(pixels) and pixels[i] + pixels[i + 1] <= ahead_pixels:
                 start(i + 1)
-            photo, unpasted[i] = unpasted[i], None
+            photo, unplaced[i] = unplaced[i], None
             try:
-                panel = pending.pop(i).result()
-                if panel.size != (width, layout.height):
-                    panel = scale(panel, (width, layout.height))
+                _place(pending.pop(i).result(), canvas, lefts[i], width)
             except MemoryError as exc:
                 raise PhotoOutOfMemory(labels[i]) from exc
             except Exception as exc:  # OpenCV says "Insufficient memory" in its own type
                 if "memory" in str(exc).lower() and not isinstance(exc, CollageError):
                     raise PhotoOutOfMemory(labels[i]) from exc
                 raise
-            if panel.mode == "RGBX":
-                # Pillow stores RGB as 4 bytes a pixel too: the core paste copies the scaled
-                # pixels as they are, where Image.paste would first convert a copy to RGB.
-                collage.im.paste(panel.im, (x, 0, x + width, layout.height))
-            else:
-                collage.paste(panel, (x, 0))
-            panel.close()
             assert photo is not None
             photo.image.close()
-            del panel, photo
-            x += width
+            del photo
     except BaseException:
         # Do not wait for the next photo (it may be a slow one) to say what went wrong.
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown()
-    return collage
+    return canvas.image
+
+
+# A photo decoded: an image to paste or scale, pixels to scale, or None when already in place.
+Panel = Image.Image | Any | None
+
+
+def _decoded_panel(
+    photo: Photo, srgb: ImageCms.ImageCmsProfile, canvas: Canvas, x: int, width: int
+) -> Panel:
+    """Decode a photo, into the canvas itself where it needs no scaling and the format allows."""
+    if not decodes_in_place(photo):
+        return decode(photo, srgb)
+    if photo.size == (width, canvas.height):
+        decode_into(photo, srgb, canvas.column(x, width))
+        return None
+    if RESAMPLER != "opencv":
+        return decode(photo, srgb)
+    pixels, target = scratch(*photo.size)
+    decode_into(photo, srgb, target)
+    return pixels
+
+
+def _place(panel: Panel, canvas: Canvas, x: int, width: int) -> None:
+    """Put a decoded photo into the canvas at x, scaled to its height if it must be."""
+    if panel is None:
+        return
+    if not isinstance(panel, Image.Image):
+        canvas.scale_into(panel, x, width)
+    elif panel.size == (width, canvas.height):
+        canvas.paste(panel, x)
+    elif RESAMPLER == "opencv":
+        canvas.scale_into(rgbx_pixels(panel), x, width)
+    else:
+        canvas.paste(panel.resize((width, canvas.height), RESAMPLING), x)
+    if isinstance(panel, Image.Image):
+        panel.close()
 
 
 def _decoded(on_decode: Callable[[int, bool], object], index: int, _: Future[Image.Image]) -> None:
@@ -223,11 +253,8 @@ def scale(panel: Image.Image, size: tuple[int, int]) -> Image.Image:
     """
     if RESAMPLER != "opencv":
         return panel.resize(size, RESAMPLING)
-    cv2, np = opencv()
-    width, height = panel.size
-    # RGBX is Pillow's own layout, and OpenCV's SIMD is fastest on 4 channels (1.5 against
-    # 1.8 ms per output megapixel for 3); the padding byte is ignored by the paste.
-    source = np.frombuffer(panel.tobytes("raw", "RGBX"), np.uint8).reshape(height, width, 4)
+    cv2, _ = opencv()
+    source = rgbx_pixels(panel)
     panel.close()
     scaled = cv2.resize(source, size, interpolation=cv2.INTER_CUBIC)
     del source

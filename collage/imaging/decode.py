@@ -249,7 +249,7 @@ def _to_srgb(image: Image.Image, srgb: ImageCms.ImageCmsProfile) -> Image.Image:
         return image  # a WebP from OpenCV without a profile: Pillow's own 4-byte RGB, as it is
     elif image.mode not in _PROFILE_SPACE:
         image = image.convert("RGB")  # 1, P, YCbCr, RGBX...: no profile applies to these
-    transform = _srgb_transform(image, srgb)
+    transform = srgb_transform(image, srgb)
     if transform is not None and image.mode == "RGB":
         ImageCms.applyTransform(image, transform, inPlace=True)
     elif transform is not None:
@@ -265,7 +265,7 @@ def _to_srgb(image: Image.Image, srgb: ImageCms.ImageCmsProfile) -> Image.Image:
     return image
 
 
-def _srgb_transform(
+def srgb_transform(
     image: Image.Image, srgb: ImageCms.ImageCmsProfile
 ) -> ImageCms.ImageCmsTransform | None:
     """Return the transform from the photo's ICC profile to sRGB, or None if none applies."""
