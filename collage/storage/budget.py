@@ -24,6 +24,7 @@ class ByteBudget:
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._expired = False
+        self._over = False
         self._bodies: set[Any] = set()
         self._timer: threading.Timer | None = None
         if deadline_s is not None:
@@ -43,13 +44,20 @@ class ByteBudget:
         with self._lock:
             self._left -= size
             if self._left < 0:
+                self._over = True
                 self.stop()
-                raise TooLarge(f"the photos add up to over {self.limit:,} bytes")
+                raise self.why_stopped()
 
     def why_stopped(self) -> Exception:
-        """The error a download stopped by this budget ends with."""
+        """The error a download stopped by this budget ends with.
+
+        Every download stopped by the bytes going over says so: whichever of them ends first
+        is the SKU's error (the others' results are never awaited).
+        """
         if self._expired:
             return Transient(f"downloading the photos took over {self.deadline_s:g} s")
+        if self._over:
+            return TooLarge(f"the photos add up to over {self.limit:,} bytes")
         return Abandoned("the build stopped this download")
 
     @contextlib.contextmanager
