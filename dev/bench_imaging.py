@@ -20,7 +20,7 @@ from typing import Any
 
 from PIL import Image, ImageChops, ImageCms, ImageStat
 
-from collage import imaging
+from collage import allocator, imaging
 from collage.imaging import RESAMPLING, compose, plan_layout
 from dev import collages, photos
 from dev.collages import build_collage
@@ -114,6 +114,7 @@ def measure(kinds: Sequence[str], sku: Path, *, warm: bool) -> dict[str, dict[st
         return len(encode(canvas, **({option: True} if option != "baseline" else {})))
 
     if warm:
+        allocator.reuse_freed_memory(one_arena=True)  # as a worker's build child does
         for kind in kinds:
             job(kind)
     results = {}
