@@ -41,15 +41,18 @@ def _break_database(
         cluster.shut_down()
         # Down for about 3 s (until the LISTEN reconnection has backed off to 3.2 s), longer
         # than a build's 1.5 s download: the running builds try to write while it is down.
-        sandbox.wait_until(
-            lambda: any(
-                r.get("retry_in_s", 0) >= 3.2
-                for r in worker.logged("listen connection failed; retrying")
-            ),
-            timeout=30,
-            what="the worker to notice the outage",
-        )
-        cluster.start()
+        # Started again whatever happens: the other tests share this cluster.
+        try:
+            sandbox.wait_until(
+                lambda: any(
+                    r.get("retry_in_s", 0) >= 3.2
+                    for r in worker.logged("listen connection failed; retrying")
+                ),
+                timeout=60,
+                what="the worker to notice the outage",
+            )
+        finally:
+            cluster.start()
     elif outage == "terminate-backends":
         killed = db.value(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"

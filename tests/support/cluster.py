@@ -69,6 +69,9 @@ class Cluster:
             f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1"
             " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
             " -c max_connections=200"
+            # A connection opened during a shutdown waits this long for its startup packet,
+            # and holds the fast shutdown as long (60 s by default: seen in CI).
+            " -c authentication_timeout=5s"
         )
         self._pg_ctl("-l", str(self.folder / "server.log"), "-o", options, "start")
 

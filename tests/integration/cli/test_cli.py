@@ -204,7 +204,7 @@ def test_jobs_and_show_after_real_jobs(
     final_state(db, good)
     final_state(db, bad)
 
-    report = json.loads(run(settings, "jobs", "--json").output)
+    report = json.loads(run(settings, "jobs", "--json").stdout)
     assert report["summary"]["waiting"] == 0
     assert report["summary"]["skus_error"] == 1
     assert report["summary"]["built_last_hour"] == 1

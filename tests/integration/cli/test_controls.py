@@ -33,7 +33,7 @@ def test_a_pause_holds_new_uploads_across_a_worker_restart_and_resume_builds_the
     jobs = run(settings, "jobs")
     assert "paused 2" in jobs.output and "PAUSED every brand" in jobs.output, jobs.output
     assert "S3 maintenance" in jobs.output
-    summary = json.loads(run(settings, "jobs", "--json").output)["summary"]
+    summary = json.loads(run(settings, "jobs", "--json").stdout)["summary"]
     assert (summary["paused"], summary["waiting"], summary["paused_scopes"]) == (2, 0, ["*"])
     worker.stop()
     start_worker(settings)  # the pause lives in the database, not in a worker
