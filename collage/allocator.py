@@ -6,7 +6,7 @@ import ctypes
 
 MIB = 1024 * 1024
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
-HEAP_UP_TO = 32 * MIB  # the largest mmap threshold glibc accepts on 64-bit
+HEAP_UP_TO = 32 * MIB  # glibc's own ceiling for its dynamic mmap threshold on 64-bit
 KEEP_FREE = 64 * MIB  # free heap kept for the next job; more goes back to the kernel
 
 

@@ -24,8 +24,10 @@ class Canvas:
     def __init__(self, width: int, height: int) -> None:
         self.width, self.height = width, height
         _, np = opencv()
-        # Not zeroed: every column is written. One row more than the pixels, because Pillow
-        # checks that a column's map, `x` bytes in, still has `height` full rows after it.
+        # Not zeroed: every column is written, or the build fails (a decoded photo fills its
+        # column or raises; a scaled one is written whole), so no earlier SKU's pixels can
+        # show through. One row more than the pixels: Pillow checks that a column's map, `x`
+        # bytes in, still has `height` full rows after it.
         self._buffer = np.empty((height + 1) * width * 4, np.uint8)
         self.pixels = self._buffer[: height * width * 4].reshape(height, width, 4)
         self.image = Image.frombuffer("RGBX", (width, height), self._buffer, "raw", "RGBX", 0, 1)

@@ -54,10 +54,10 @@ class ByteBudget:
         Every download stopped by the bytes going over says so: whichever of them ends first
         is the SKU's error (the others' results are never awaited).
         """
+        if self._over:  # first: a deadline that passes afterwards changes nothing
+            return TooLarge(f"the photos add up to over {self.limit:,} bytes")
         if self._expired:
             return Transient(f"downloading the photos took over {self.deadline_s:g} s")
-        if self._over:
-            return TooLarge(f"the photos add up to over {self.limit:,} bytes")
         return Abandoned("the build stopped this download")
 
     @contextlib.contextmanager
