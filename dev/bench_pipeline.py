@@ -68,13 +68,15 @@ def process_cpu_s(pid: int) -> float:
 def tree_cpu_s(pid: int) -> tuple[float, float]:
     """CPU seconds so far of a process itself and of its descendants (alive or reaped)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    reaped = (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+    own, reaped = (
+        (int(fields[i]) + int(fields[i + 1])) / os.sysconf("SC_CLK_TCK") for i in (11, 13)
+    )
     children = 0.0
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(OSError):
             for child in (task / "children").read_text().split():
                 children += sum(tree_cpu_s(int(child)))
-    return process_cpu_s(pid), reaped + children
+    return own, reaped + children
 
 
 def postgres_cpu_s() -> float:

@@ -79,7 +79,6 @@ def decodes_in_place(photo: Photo) -> bool:
         and image.mode == "RGB"
         and photo.orientation == 1
         and photo.crop is None
-        and "transparency" not in image.info
     )
 
 

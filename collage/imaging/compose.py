@@ -219,14 +219,14 @@ def _place(panel: Panel, canvas: Canvas, x: int, width: int) -> None:
         return
     if not isinstance(panel, Image.Image):
         canvas.scale_into(panel, x, width)
-    elif panel.size == (width, canvas.height):
-        canvas.paste(panel, x)
-    elif RESAMPLER == "opencv":
-        canvas.scale_into(rgbx_pixels(panel), x, width)
-    else:
-        canvas.paste(panel.resize((width, canvas.height), RESAMPLING), x)
-    if isinstance(panel, Image.Image):
-        panel.close()
+        return
+    with panel:
+        if panel.size == (width, canvas.height):
+            canvas.paste(panel, x)
+        elif RESAMPLER == "opencv":
+            canvas.scale_into(rgbx_pixels(panel), x, width)
+        else:
+            canvas.paste(panel.resize((width, canvas.height), RESAMPLING), x)
 
 
 def _decoded(on_decode: Callable[[int, bool], object], index: int, _: Future[Image.Image]) -> None:

@@ -76,24 +76,16 @@ class Cluster:
         self._pg_ctl("-l", str(self.folder / "server.log"), "-o", options, "start")
 
     def restart(self) -> None:
-        """Stop with -m fast (every session is terminated) and start again.
-
-        On a machine loaded past reason the fast shutdown has once hung for a minute: the
-        processes and the log are printed (pytest shows them with a failure) and the server is
-        stopped at once instead, which is a restart for the worker all the same.
-        """
-        try:
-            self._pg_ctl("-l", str(self.folder / "server.log"), "-m", "fast", "restart")
-        except RuntimeError as exc:
-            print(f"fast restart failed; restarting at once:\n{exc}")
-            self._pg_ctl("-m", "immediate", "stop", timeout=30)
-            self.start()
+        """Stop with -m fast (every session is terminated) and start again."""
+        self.shut_down()
+        self.start()
 
     def shut_down(self) -> None:
         """Stop with -m fast, as an operator or a failover would; start() brings it back.
 
-        A backend that outlives the fast shutdown (seen: one blocked for a minute) is printed
-        and the server stopped at once, as `restart` does.
+        On a loaded machine a fast shutdown has hung for a minute: the processes and the log
+        are printed (pytest shows them with a failure) and the server is stopped at once
+        instead, which is an outage for the worker all the same.
         """
         try:
             self._pg_ctl("-m", "fast", "stop")
